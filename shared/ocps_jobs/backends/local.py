@@ -1,0 +1,494 @@
+"""The embedded default: jobs as local process groups, records as JSON files under the data dir."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ..config import Settings
+from ..conventions import LOG_RESULT_NAME, archive_key, job_prefix
+from ..errors import JobNotFoundError, PhaseConflictError
+from ..jobenv import job_environment
+from ..models import ACTIVE_PHASES, JobRecord, Phase, ResultFile, utcnow
+from ..objectstore import ObjectStore
+from ..sidecar import Uploader
+from .base import JobUpdate, Unset
+
+__all__ = ["LocalBackend"]
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 20
+GIT_TIMEOUT_SECONDS = 600
+# Server settings and credentials never reach a job's environment.
+_PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
+
+
+@dataclass
+class _Run:
+    """A job being executed: its process groups and whether an abort was asked for."""
+
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    abort_reason: str | None = None
+    deleted: bool = False
+    timer: threading.Timer | None = None
+
+
+class LocalBackend:
+    """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
+
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.state_dir = settings.data_dir / "state" / "jobs"
+        self.work_dir = settings.data_dir / "work"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[str, JobRecord] = {}
+        self._runs: dict[str, _Run] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._closed = False
+        self._recover()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"ocps-job-worker-{n}", daemon=True)
+            for n in range(settings.max_concurrent_jobs)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    # --- persistence -------------------------------------------------------------------
+
+    def _state_path(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.json"
+
+    def _save(self, record: JobRecord) -> None:
+        """Write the record atomically and wake everyone waiting on a change."""
+        data = record.model_dump_json(indent=1)
+        handle, temporary = tempfile.mkstemp(dir=self.state_dir, prefix=".tmp-")
+        with os.fdopen(handle, "w") as out:
+            out.write(data)
+        os.replace(temporary, self._state_path(record.job_id))
+        self._changed.notify_all()
+
+    def _recover(self) -> None:
+        """Load records after a restart: queued jobs queue again, running ones failed."""
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                record = JobRecord.model_validate_json(path.read_text())
+            except (OSError, ValueError) as error:
+                log.error("ignoring unreadable job record %s: %s", path, error)
+                continue
+            self._records[record.job_id] = record
+            if record.phase is Phase.EXECUTING:
+                record.phase = Phase.ERROR
+                record.end_time = utcnow()
+                record.error_message = "The job manager restarted while the job was running."
+                with self._lock:
+                    self._save(record)
+                shutil.rmtree(self.work_dir / record.job_id, ignore_errors=True)
+            elif record.phase is Phase.QUEUED:
+                self._queue.put(record.job_id)
+
+    # --- the backend interface -----------------------------------------------------------
+
+    def output_dir(self, job_id: str) -> Path:
+        """``$JOB_OUTPUT_DIR`` of a job."""
+        return self.work_dir / job_id / "out"
+
+    def source_dir(self, job_id: str) -> Path:
+        """``$JOB_SOURCE_DIR`` of a job."""
+        return self.work_dir / job_id / "src"
+
+    def create(self, record: JobRecord, *, start: bool) -> JobRecord:
+        """Store a new job and queue it when asked to."""
+        record.environment = job_environment(
+            record.job_id,
+            record.parameters,
+            self.settings,
+            output_dir=str(self.output_dir(record.job_id)),
+            source_dir=str(self.source_dir(record.job_id)),
+        )
+        record.phase = Phase.QUEUED if start else Phase.PENDING
+        with self._lock:
+            self._records[record.job_id] = record
+            self._save(record)
+            if start:
+                self._queue.put(record.job_id)
+            return record.model_copy(deep=True)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """A copy of the current record."""
+        with self._lock:
+            record = self._records.get(job_id)
+            return record.model_copy(deep=True) if record else None
+
+    def list_records(self, owner: str | None = None) -> list[JobRecord]:
+        """Copies of every record (of one owner)."""
+        with self._lock:
+            return [
+                record.model_copy(deep=True)
+                for record in self._records.values()
+                if owner is None or record.owner == owner
+            ]
+
+    def _require(self, job_id: str) -> JobRecord:
+        record = self._records.get(job_id)
+        if record is None:
+            raise JobNotFoundError(f"No job {job_id}")
+        return record
+
+    def start(self, job_id: str) -> JobRecord:
+        """PENDING -> QUEUED; a job already on its way is left as it is."""
+        with self._lock:
+            record = self._require(job_id)
+            if record.phase is Phase.PENDING:
+                record.phase = Phase.QUEUED
+                self._save(record)
+                self._queue.put(job_id)
+            elif record.phase not in (Phase.QUEUED, Phase.EXECUTING):
+                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot run")
+            return record.model_copy(deep=True)
+
+    def abort(self, job_id: str, reason: str = "") -> JobRecord:
+        """Stop a job; a running one gets SIGTERM, then SIGKILL after the grace period."""
+        with self._lock:
+            record = self._require(job_id)
+            if record.phase not in ACTIVE_PHASES:
+                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot abort")
+            run = self._runs.get(job_id)
+            if run is None:
+                record.phase = Phase.ABORTED
+                record.end_time = utcnow()
+                record.error_message = reason or "Aborted before it started."
+                self._save(record)
+                self._archive(record)
+            else:
+                run.abort_reason = reason or "Aborted by request."
+                self._signal_run(run)
+            return record.model_copy(deep=True)
+
+    def delete(self, job_id: str) -> None:
+        """Stop the job if it runs, forget it and remove its objects."""
+        with self._lock:
+            self._require(job_id)
+            del self._records[job_id]
+            with contextlib.suppress(FileNotFoundError):
+                self._state_path(job_id).unlink()
+            run = self._runs.get(job_id)
+            if run is not None:
+                run.deleted = True
+                run.abort_reason = run.abort_reason or "Deleted by request."
+                self._signal_run(run)
+            self._changed.notify_all()
+        if run is None:
+            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        self.store.delete_prefix(job_prefix(job_id))
+
+    def update(self, job_id: str, update: JobUpdate) -> JobRecord:
+        """Set execution duration (before it runs) or destruction time."""
+        with self._lock:
+            record = self._require(job_id)
+            if not isinstance(update.execution_duration, Unset):
+                if record.phase not in (Phase.PENDING, Phase.QUEUED, Phase.HELD):
+                    raise PhaseConflictError(
+                        f"Job {job_id} is {record.phase.value}; its execution duration is fixed"
+                    )
+                record.execution_duration = update.execution_duration
+            if not isinstance(update.destruction, Unset):
+                record.destruction = update.destruction
+            self._save(record)
+            return record.model_copy(deep=True)
+
+    def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
+        """Sleep on a condition variable until the phase changes: no polling."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: (record := self._records.get(job_id)) is None or record.phase != phase,
+                timeout=timeout,
+            )
+
+    def close(self) -> None:
+        """Stop workers and kill running jobs (they are recorded as failed on restart)."""
+        with self._lock:
+            self._closed = True
+            runs = list(self._runs.values())
+        for run in runs:
+            run.abort_reason = run.abort_reason or "The job manager shut down."
+            self._signal_run(run, grace=0)
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    # --- execution -----------------------------------------------------------------------
+
+    def _signal_run(self, run: _Run, grace: float | None = None) -> None:
+        for process in run.processes:
+            _kill_group(process, signal.SIGTERM)
+        delay = self.settings.abort_grace_seconds if grace is None else grace
+
+        def escalate() -> None:
+            for process in run.processes:
+                _kill_group(process, signal.SIGKILL)
+
+        timer = threading.Timer(delay, escalate)
+        timer.daemon = True
+        timer.start()
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            with self._lock:
+                record = self._records.get(job_id)
+                if self._closed or record is None or record.phase is not Phase.QUEUED:
+                    continue
+                record.phase = Phase.EXECUTING
+                record.start_time = utcnow()
+                run = _Run()
+                self._runs[job_id] = run
+                self._save(record)
+                snapshot = record.model_copy(deep=True)
+            try:
+                self._execute(snapshot, run)
+            except Exception as error:  # a bug must not kill the worker thread
+                log.exception("job %s failed in the executor", job_id)
+                self._finish(job_id, run, Phase.ERROR, f"Internal error running the job: {error}")
+
+    def _execute(self, record: JobRecord, run: _Run) -> None:
+        job_id = record.job_id
+        root = self.work_dir / job_id
+        output_dir = self.output_dir(job_id)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        log_path = root / LOG_RESULT_NAME
+        environment = _base_environment()
+        environment.update({entry.name: entry.value for entry in record.environment})
+        if record.execution_duration:
+            run.timer = threading.Timer(
+                record.execution_duration,
+                self._time_out,
+                args=(job_id, record.execution_duration),
+            )
+            run.timer.daemon = True
+            run.timer.start()
+        with open(log_path, "ab") as log_file:
+            message = None
+            if record.parameters.url:
+                message = self._clone(record, run, environment, log_file)
+            if message is None and run.abort_reason is None:
+                message = self._run_command(record, run, environment, root, log_file)
+        if run.timer:
+            run.timer.cancel()
+        if run.deleted:
+            self._finish(job_id, run, Phase.ABORTED, run.abort_reason or "")
+            return
+        try:
+            manifest = Uploader(self.store, job_id, output_dir).finish({LOG_RESULT_NAME: log_path})
+        except Exception as error:
+            log.exception("upload of job %s outputs failed", job_id)
+            self._finish(job_id, run, Phase.ERROR, f"Upload of the job's results failed: {error}")
+            return
+        results = [
+            ResultFile(key=item["key"], size=item["size"], content_type=item["contentType"])
+            for item in manifest["files"]
+        ]
+        if run.abort_reason is not None:
+            self._finish(job_id, run, Phase.ABORTED, run.abort_reason, results)
+        elif message is not None:
+            self._finish(job_id, run, Phase.ERROR, message, results)
+        else:
+            self._finish(job_id, run, Phase.COMPLETED, "", results)
+
+    def _spawn(
+        self,
+        run: _Run,
+        argv: list[str],
+        environment: dict[str, str],
+        cwd: Path,
+        log_file: IO[bytes],
+    ) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if run.abort_reason is not None:
+                raise _Aborted
+            process = subprocess.Popen(
+                argv,
+                env=environment,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            run.processes.append(process)
+            return process
+
+    def _clone(
+        self, record: JobRecord, run: _Run, environment: dict[str, str], log_file: IO[bytes]
+    ) -> str | None:
+        """Clone and check out the job's repository; the git message on failure."""
+        url = record.parameters.url or ""
+        source = self.source_dir(record.job_id)
+        git_environment = {**environment, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true"}
+        steps = [
+            ["git", "-c", "protocol.ext.allow=never", "clone", "--quiet", "--", url, str(source)]
+        ]
+        if record.parameters.commit_ref:
+            steps.append(
+                [
+                    "git",
+                    "-C",
+                    str(source),
+                    "checkout",
+                    "--quiet",
+                    record.parameters.commit_ref,
+                    "--",
+                ]
+            )
+        for argv in steps:
+            try:
+                process = self._spawn(run, argv, git_environment, self.work_dir, log_file)
+            except _Aborted:
+                return None
+            tail = _collect_stderr(process, log_file)
+            try:
+                code = process.wait(timeout=GIT_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                _kill_group(process, signal.SIGKILL)
+                code = process.wait()
+                tail.append(f"timed out after {GIT_TIMEOUT_SECONDS} s")
+            tail.join()
+            if code != 0:
+                action = "clone of" if argv[3] == "clone" else "checkout in"
+                what = url if argv[3] == "clone" else f"{url} of {record.parameters.commit_ref!r}"
+                detail = "\n".join(tail).strip() or f"git exited with code {code}"
+                return f"git {action} {what} failed: {detail}"
+        return None
+
+    def _run_command(
+        self,
+        record: JobRecord,
+        run: _Run,
+        environment: dict[str, str],
+        cwd: Path,
+        log_file: IO[bytes],
+    ) -> str | None:
+        """Run every replica; the error summary of the first that failed, or None."""
+        argv = ["/bin/bash", "-c", record.parameters.command]
+        replicas = []
+        for index in range(record.parameters.replicas):
+            replica_environment = {**environment, "JOB_REPLICA_INDEX": str(index)}
+            try:
+                process = self._spawn(run, argv, replica_environment, cwd, log_file)
+            except _Aborted:
+                break
+            replicas.append((process, _collect_stderr(process, log_file)))
+        failures = []
+        for process, tail in replicas:
+            code = process.wait()
+            tail.join()
+            if code != 0:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                stderr = "\n".join(tail).strip()
+                failures.append(f"Command {how}" + (f": {stderr}" if stderr else ""))
+        return failures[0] if failures else None
+
+    def _time_out(self, job_id: str, seconds: int) -> None:
+        with self._lock:
+            run = self._runs.get(job_id)
+            if run is None or run.abort_reason is not None:
+                return
+            run.abort_reason = f"The job ran over its execution duration of {seconds} s."
+            self._signal_run(run)
+
+    def _finish(
+        self,
+        job_id: str,
+        run: _Run,
+        phase: Phase,
+        message: str,
+        results: list[ResultFile] | None = None,
+    ) -> None:
+        with self._lock:
+            self._runs.pop(job_id, None)
+            record = self._records.get(job_id)
+            if record is not None and not run.deleted:
+                record.phase = phase
+                record.end_time = utcnow()
+                record.error_message = message
+                record.results = results or []
+                self._save(record)
+                self._archive(record)
+            self._changed.notify_all()
+        shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        if run.deleted:
+            self.store.delete_prefix(job_prefix(job_id))
+
+    def _archive(self, record: JobRecord) -> None:
+        """Keep the final record beside the outputs (DESIGN section 6)."""
+        try:
+            self.store.put_bytes(
+                archive_key(record.job_id),
+                record.model_dump_json(indent=1).encode(),
+                "application/json",
+            )
+        except Exception as error:  # the local record stays authoritative
+            log.warning("archiving job %s failed: %s", record.job_id, error)
+
+
+class _Aborted(Exception):
+    """The job was aborted before this process could start."""
+
+
+class _StderrTail(collections.deque[str]):
+    """The last lines a process wrote to stderr, collected by a thread that also logs them."""
+
+    thread: threading.Thread
+
+    def join(self) -> None:
+        self.thread.join()
+
+
+def _collect_stderr(process: subprocess.Popen[bytes], log_file: IO[bytes]) -> _StderrTail:
+    tail = _StderrTail(maxlen=STDERR_TAIL_LINES)
+    stream = process.stderr
+    assert stream is not None
+
+    def pump() -> None:
+        for line in stream:
+            log_file.write(line)
+            log_file.flush()
+            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
+        stream.close()
+
+    tail.thread = threading.Thread(target=pump, daemon=True)
+    tail.thread.start()
+    return tail
+
+
+def _base_environment() -> dict[str, str]:
+    """The server's own environment, less its settings and credentials."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_PRIVATE_ENV_PREFIXES)
+    }
+
+
+def _kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the whole process group, children the command left behind included."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)

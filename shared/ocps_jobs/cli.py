@@ -1,0 +1,259 @@
+"""The ``ocps-jobs`` command: run the embedded server, or drive a job manager as a client."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .client import ClientError, OCPSClient
+from .errors import OCPSError
+from .resultids import decode_result_id
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocps-jobs", description="OCPS job manager: server and client."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run all three functions in one process")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", type=Path, help="state and local object store")
+    serve.add_argument("--backend", choices=["local", "kubernetes"])
+    serve.add_argument("--namespace", help="Kubernetes namespace of the Jobs")
+    serve.add_argument("--kubeconfig", type=Path)
+    serve.add_argument("--s3-endpoint", help="S3 endpoint URL (default: local folder)")
+    serve.add_argument("--bucket")
+    serve.add_argument("--max-concurrent-jobs", type=int)
+    serve.add_argument("--threads", type=int, default=64, help="HTTP worker threads")
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--url",
+            default=os.environ.get("OCPS_JOBS_URL", DEFAULT_URL),
+            help="base URL of the job manager (env OCPS_JOBS_URL)",
+        )
+        command.add_argument("--token", default=os.environ.get("OCPS_JOBS_TOKEN"))
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        return command
+
+    submit = client_command("submit", "create a job")
+    submit.add_argument("job_command", metavar="COMMAND", help="run as /bin/bash -c COMMAND")
+    submit.add_argument("--run-id")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    submit.add_argument("--git-url", help="repository cloned into $JOB_SOURCE_DIR")
+    submit.add_argument("--commit-ref", help="branch, tag or commit to check out")
+    submit.add_argument("--wait", action="store_true", help="wait until it finishes")
+
+    listing = client_command("list", "list jobs")
+    listing.add_argument("--phase")
+
+    status = client_command("status", "show one job")
+    status.add_argument("job_id")
+
+    wait = client_command("wait", "wait until a job finishes (exit 1 unless completed)")
+    wait.add_argument("job_id")
+    wait.add_argument("--timeout", type=float)
+    wait.add_argument("--poll", type=float, default=0.5)
+
+    results = client_command("results", "list a job's result files")
+    results.add_argument("job_id")
+
+    download = client_command("download", "download a job's results, or one result by ID")
+    download.add_argument("target", metavar="JOB_ID|RESULT_ID")
+    download.add_argument("--output", "-o", type=Path, default=Path("."))
+
+    abort = client_command("abort", "stop and remove a job")
+    abort.add_argument("job_id")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from waitress.server import TcpWSGIServer, create_server
+
+    from .config import Settings
+    from .http import build_service, create_embedded_app
+
+    settings = Settings.from_env(
+        data_dir=args.data_dir,
+        backend=args.backend,
+        namespace=args.namespace,
+        kubeconfig=args.kubeconfig,
+        s3_endpoint=args.s3_endpoint,
+        bucket=args.bucket,
+        max_concurrent_jobs=args.max_concurrent_jobs,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = build_service(settings)
+    app = create_embedded_app(service)
+    server = create_server(
+        app,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        ident="ocps-jobs",
+        # Bodies up to 4x the API limit reach the app (which answers a JSON 413); larger
+        # declared bodies are refused by waitress at once instead of being spooled to disk.
+        max_request_body_size=4 * settings.max_body_bytes,
+    )
+
+    def stop(*_: object) -> None:
+        server.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    assert isinstance(server, TcpWSGIServer) and server.socket is not None
+    host, port = server.socket.getsockname()[:2]
+    where = settings.s3_endpoint or settings.data_dir
+    print(f"ocps-jobs serving on http://{host}:{port} ({settings.backend} backend, store {where})")
+    print(f"  API: http://{host}:{port}/api/v1/job", flush=True)
+    try:
+        server.run()
+    except (OSError, ValueError):  # the socket map closes under run() on shutdown
+        pass
+    finally:
+        service.close()
+    return EXIT_OK
+
+
+def _emit(args: argparse.Namespace, data: Any, table: Any = None) -> None:
+    if args.json or table is None:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+
+    # Piped output keeps whole rows: ids must stay copyable.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("job id", no_wrap=True)
+    table.add_column("run id", overflow="fold")
+    table.add_column("phase", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("ended", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for job in jobs:
+        table.add_row(
+            job["jobId"],
+            job["runId"],
+            job["phase"],
+            job["creationTime"] or "",
+            job["endTime"] or "",
+            (job["errorSummary"]["message"] or "")[:60],
+        )
+    return table
+
+
+def _results_table(results: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("result id", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("uri", overflow="fold")
+    for item in results:
+        table.add_row(item["id"], str(item["size"]), item["mimeType"], item["uri"])
+    return table
+
+
+def _advance(progress: Any, task: Any, done: int, total: int) -> None:
+    progress.update(task, completed=done, total=total or None)
+
+
+def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    if len(args.target) == 32 and all(c in "0123456789abcdef" for c in args.target):
+        items = client.results(args.target)
+        targets = [(item["id"], args.output / args.target) for item in items]
+    else:
+        targets = [(args.target, args.output)]
+    written = []
+    columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, disable=args.json or not sys.stderr.isatty()) as progress:
+        for result_id, folder in targets:
+            relative = decode_result_id(result_id).relative_path
+            task = progress.add_task(relative, total=None)
+            path = client.download(
+                result_id,
+                folder / relative,
+                on_progress=functools.partial(_advance, progress, task),
+            )
+            written.append(str(path))
+    return written
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    with OCPSClient(args.url, token=args.token) as client:
+        if args.command == "submit":
+            environment = []
+            for entry in args.env:
+                name, separator, value = entry.partition("=")
+                if not separator:
+                    print(f"--env expects NAME=VALUE, got {entry!r}", file=sys.stderr)
+                    return EXIT_USAGE
+                environment.append((name, value))
+            job = client.submit(
+                args.job_command,
+                run_id=args.run_id,
+                environment=environment,
+                url=args.git_url,
+                commit_ref=args.commit_ref,
+            )
+            if args.wait:
+                job = client.wait(job["jobId"])
+            _emit(args, job, _jobs_table([job]))
+            return EXIT_OK if not args.wait or job["phase"] == "completed" else EXIT_JOB_FAILED
+        if args.command == "list":
+            jobs = client.list_jobs(args.phase)
+            _emit(args, jobs, _jobs_table(jobs))
+        elif args.command == "status":
+            job = client.get(args.job_id)
+            _emit(args, job, _jobs_table([job]))
+        elif args.command == "wait":
+            job = client.wait(args.job_id, poll_seconds=args.poll, timeout=args.timeout)
+            _emit(args, job, _jobs_table([job]))
+            return EXIT_OK if job["phase"] == "completed" else EXIT_JOB_FAILED
+        elif args.command == "results":
+            items = client.results(args.job_id)
+            _emit(args, items, _results_table(items))
+        elif args.command == "download":
+            _emit(args, _download(client, args))
+        elif args.command == "abort":
+            _emit(args, client.abort(args.job_id))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ocps-jobs``."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _run_client(args)
+    except (ClientError, OCPSError) as error:
+        print(f"ocps-jobs: {error}", file=sys.stderr)
+        return EXIT_SERVICE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

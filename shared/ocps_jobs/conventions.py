@@ -1,0 +1,102 @@
+"""Every name the product shares with the outside world: annotations, labels, env, object keys."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ANNOTATIONS",
+    "ANNOTATION_PREFIX",
+    "JOB_ID_PATTERN",
+    "LABEL_JOB_ID",
+    "LABEL_MANAGED_BY",
+    "LABEL_OWNER",
+    "LOG_RESULT_NAME",
+    "MANAGED_BY",
+    "RESERVED_ENV_NAMES",
+    "archive_key",
+    "is_job_id",
+    "job_prefix",
+    "manifest_key",
+    "output_key",
+    "output_prefix",
+]
+
+# --- job identifiers -----------------------------------------------------------------------
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_job_id(value: str) -> bool:
+    """True for a well-formed job id: 32 lower-case hex digits."""
+    return bool(JOB_ID_PATTERN.fullmatch(value))
+
+
+# --- Kubernetes labels (selectors only) and annotations (all metadata) ----------------------
+
+ANNOTATION_PREFIX = "ocps.lsst.io/"
+MANAGED_BY = "ocps-jobs"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB_ID = ANNOTATION_PREFIX + "job-id"
+LABEL_OWNER = ANNOTATION_PREFIX + "owner"
+
+
+class ANNOTATIONS:
+    """Annotation keys on a Kubernetes Job, all under ``ANNOTATION_PREFIX``."""
+
+    RUN_ID = ANNOTATION_PREFIX + "run-id"
+    OWNER = ANNOTATION_PREFIX + "owner"
+    PARAMETERS = ANNOTATION_PREFIX + "parameters"
+    CREATION_TIME = ANNOTATION_PREFIX + "creation-time"
+    EXECUTION_DURATION = ANNOTATION_PREFIX + "execution-duration"
+    DESTRUCTION = ANNOTATION_PREFIX + "destruction"
+    ABORT_REQUESTED = ANNOTATION_PREFIX + "abort-requested"
+    PHASE_OVERRIDE = ANNOTATION_PREFIX + "phase"
+
+
+# --- environment every job sees -------------------------------------------------------------
+
+ENV_JOB_ID = "JOB_ID"
+ENV_JOB_OUTPUT_DIR = "JOB_OUTPUT_DIR"
+ENV_JOB_SOURCE_DIR = "JOB_SOURCE_DIR"
+ENV_SRC_GIT_URL = "SRC_GIT_URL"
+ENV_GIT_COMMIT_REF = "GIT_COMMIT_REF"
+ENV_PROJECT_PATH = "PROJECT_PATH"
+ENV_DATA_DIR_PREFIX = "DATA_DIR_"
+
+# The caller may not override these: the product's own plumbing depends on them.
+RESERVED_ENV_NAMES = frozenset(
+    {ENV_JOB_ID, ENV_JOB_OUTPUT_DIR, ENV_JOB_SOURCE_DIR, ENV_SRC_GIT_URL, ENV_GIT_COMMIT_REF}
+)
+
+# The job's combined stdout and stderr, kept as a result file beside its outputs.
+LOG_RESULT_NAME = "ocps-job.log"
+
+# --- object store layout (DESIGN section 6) ---------------------------------------------------
+
+JOBS_ROOT = "jobs/"
+
+
+def job_prefix(job_id: str) -> str:
+    """Every object of one job lives under this prefix."""
+    return f"{JOBS_ROOT}{job_id}/"
+
+
+def output_prefix(job_id: str) -> str:
+    """The job's output files live under this prefix."""
+    return f"{JOBS_ROOT}{job_id}/out/"
+
+
+def output_key(job_id: str, relative_path: str) -> str:
+    """Object key of one output file, from its path relative to ``$JOB_OUTPUT_DIR``."""
+    return output_prefix(job_id) + relative_path
+
+
+def manifest_key(job_id: str) -> str:
+    """The upload manifest, written last: its presence means the outputs are complete."""
+    return f"{JOBS_ROOT}{job_id}/manifest.json"
+
+
+def archive_key(job_id: str) -> str:
+    """The archived final job record."""
+    return f"{JOBS_ROOT}{job_id}/job.json"

@@ -1,0 +1,155 @@
+"""Wiring: settings to store, backend and service; a dispatcher per function; the embedded app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from flask import Flask, Request, Response, request
+from werkzeug.exceptions import HTTPException
+
+from ..backends import JobBackend
+from ..config import Settings
+from ..errors import OCPSError
+from ..objectstore import ObjectStore
+from ..service import JobService
+from .auth import identify
+from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
+from .render import render_error
+from .routing import Context, Route, Router
+
+__all__ = [
+    "FUNCTION_ROUTES",
+    "FunctionApp",
+    "build_service",
+    "build_store",
+    "close_services",
+    "create_embedded_app",
+]
+
+log = logging.getLogger(__name__)
+
+FUNCTION_ROUTES: dict[str, list[Route]] = {
+    "create_job": CREATE_JOB_ROUTES,
+    "query_job": QUERY_JOB_ROUTES,
+    "results": RESULTS_ROUTES,
+}
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    """S3 when an endpoint is configured (or on Kubernetes), else a folder under the data dir."""
+    if settings.s3_endpoint or settings.backend == "kubernetes":
+        from ..objectstore.s3 import S3Store
+
+        return S3Store(settings.bucket, settings.s3_endpoint, settings.s3_region)
+    from ..objectstore.filesystem import FilesystemStore
+
+    return FilesystemStore(settings.data_dir / "objects" / settings.bucket)
+
+
+def build_backend(settings: Settings, store: ObjectStore) -> JobBackend:
+    """The configured backend."""
+    if settings.backend == "kubernetes":
+        raise OCPSError("The kubernetes backend is not built yet (issue 3)")
+    from ..backends.local import LocalBackend
+
+    return LocalBackend(settings, store)
+
+
+_services: dict[str, JobService] = {}
+_services_lock = threading.Lock()
+
+
+def build_service(settings: Settings) -> JobService:
+    """The service for these settings, one per process.
+
+    Functions loaded into one process (the embedded server, in-process tests) share it,
+    so that one local executor and one record cache serve all three.
+    """
+    key = settings.model_dump_json()
+    with _services_lock:
+        if key not in _services:
+            store = build_store(settings)
+            if settings.backend == "local":
+                store.ensure_ready()
+            _services[key] = JobService(settings, build_backend(settings, store), store)
+        return _services[key]
+
+
+def close_services() -> None:
+    """Close every service of this process (tests, server shutdown)."""
+    with _services_lock:
+        services = list(_services.values())
+        _services.clear()
+    for service in services:
+        service.close()
+
+
+class FunctionApp:
+    """Dispatches requests over a route table; builds its service on the first request."""
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        service_factory: Callable[[], JobService] | None = None,
+    ) -> None:
+        self.router = Router(routes)
+        self._factory = service_factory or (lambda: build_service(Settings.from_env()))
+        self._service: JobService | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def service(self) -> JobService:
+        """The service, created once (configuration is read then, not at import)."""
+        if self._service is None:
+            with self._lock:
+                if self._service is None:
+                    self._service = self._factory()
+        return self._service
+
+    def __call__(self, http_request: Request) -> Response:
+        """Answer one request; every failure becomes a JSON error, never a traceback."""
+        try:
+            handler, params = self.router.match(http_request.method, http_request.path)
+            service = self.service
+            context = Context(
+                request=http_request,
+                service=service,
+                settings=service.settings,
+                caller=identify(http_request, service.settings),
+                params=params,
+            )
+            return handler(context)
+        except OCPSError as error:
+            return render_error(error)
+        except HTTPException as error:
+            failure = OCPSError(error.description or error.name)
+            failure.status, failure.code = error.code or 400, "bad_request"
+            return render_error(failure)
+        except Exception:
+            log.exception("unhandled error on %s %s", http_request.method, http_request.path)
+            return render_error(OCPSError("Internal error; it has been logged"))
+
+
+def create_embedded_app(service: JobService) -> Flask:
+    """All three functions' routes in one Flask app (the embedded default)."""
+    dispatch = FunctionApp(
+        [*RESULTS_ROUTES, *CREATE_JOB_ROUTES, *QUERY_JOB_ROUTES],
+        service_factory=lambda: service,
+    )
+    app = Flask("ocps_jobs")
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+
+    def view(path: str = "") -> Response:
+        return dispatch(request._get_current_object())  # type: ignore[attr-defined]
+
+    app.add_url_rule("/", "root", view, methods=ALL_METHODS, provide_automatic_options=False)
+    app.add_url_rule(
+        "/<path:path>", "any", view, methods=ALL_METHODS, provide_automatic_options=False
+    )
+    app.extensions["ocps_service"] = service
+    return app

@@ -1,0 +1,62 @@
+"""Streaming downloads of result files, with HTTP Range and safe headers."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from urllib.parse import quote
+
+from flask import Request, Response
+
+from ..errors import RangeNotSatisfiableError
+from ..models import ResultFile
+from ..service import JobService
+
+__all__ = ["content_disposition", "download_response"]
+
+# A browser could run these as active content from the service's origin: never inline.
+_ACTIVE_TYPES = ("html", "xml", "svg", "javascript", "ecmascript", "xhtml", "pdf", "flash")
+
+
+def content_disposition(filename: str, content_type: str) -> str:
+    """``attachment`` for anything a browser could render as active content, else ``inline``."""
+    kind = "attachment" if any(word in content_type for word in _ACTIVE_TYPES) else "inline"
+    fallback = "".join(
+        char if char.isascii() and char.isprintable() and char not in '"\\;' else "_"
+        for char in filename
+    )
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def download_response(service: JobService, result: ResultFile, request: Request) -> Response:
+    """200 with the whole file or 206 with one range; the body streams in bounded chunks."""
+    size = result.size
+    start, end, status = 0, None, 200
+    requested = request.range if size > 0 else None
+    if requested is not None:
+        if len(requested.ranges) != 1:
+            requested = None  # multipart ranges are not served; the whole file is
+        else:
+            bounds = requested.range_for_length(size)
+            if bounds is None:
+                raise RangeNotSatisfiableError("The requested range is outside the file", size)
+            start, end, status = bounds[0], bounds[1] - 1, 206
+    stream = service.open_result(result, start, end)
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from stream.chunks
+        finally:
+            stream.close()
+
+    name = posixpath.basename(result.key)
+    response = Response(body(), status=status, direct_passthrough=True)
+    response.headers["Content-Type"] = result.content_type
+    response.headers["Content-Length"] = str(stream.length)
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Content-Disposition"] = content_disposition(name, result.content_type)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "private, no-store"
+    if status == 206:
+        response.headers["Content-Range"] = f"bytes {stream.start}-{stream.end}/{size}"
+    return response

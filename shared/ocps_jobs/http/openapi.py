@@ -1,0 +1,201 @@
+"""The OpenAPI 3.1 document of the JSON interface, generated from the pydantic models."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from .. import __version__
+from ..models import (
+    DeleteResponse,
+    ErrorBody,
+    JobDocument,
+    JobRequest,
+    Phase,
+    ResultListing,
+)
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Bad input",
+        404: "No such job or result (also for another owner's)",
+        405: "Method not allowed on this path",
+        409: "Illegal in the job's current phase",
+        413: "Body or job metadata over the documented limits",
+        415: "Body is neither JSON nor form fields",
+        416: "Range outside the file",
+        503: "Kubernetes or the object store is unavailable; retry",
+    }
+    return {str(status): _json(_ref("ErrorBody"), text[status]) for status in statuses}
+
+
+_JOB_ID = {
+    "name": "jobId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for ``/api/v1``; schemas are the models that validate and render."""
+    _, definitions = models_json_schema(
+        [
+            (JobRequest, "validation"),
+            (JobDocument, "serialization"),
+            (ResultListing, "serialization"),
+            (DeleteResponse, "serialization"),
+            (ErrorBody, "serialization"),
+        ],
+        ref_template=_REF,
+    )
+    schemas = definitions["$defs"]
+    job = _json(_ref("Job"), "The job object")
+    phase_values = [phase.value for phase in Phase]
+    paths: dict[str, Any] = {
+        "/api/v1/job": {
+            "put": {
+                "operationId": "createJob",
+                "summary": "Create a job and queue it at once",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("JobRequest")},
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "description": "JobRequest fields; `environment` as a JSON array",
+                            }
+                        },
+                    },
+                },
+                "responses": {"200": job, **_errors(400, 413, 415, 503)},
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "List jobs, optionally of one phase",
+                "parameters": [
+                    {
+                        "name": "phase",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": phase_values},
+                    }
+                ],
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Job")}, "Jobs, oldest first"),
+                    **_errors(400, 503),
+                },
+            },
+        },
+        "/api/v1/job/{jobId}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "getJob",
+                "responses": {"200": job, **_errors(404, 503)},
+            },
+            "delete": {
+                "operationId": "deleteJob",
+                "summary": "Stop the job and remove it with its results",
+                "responses": {
+                    "200": _json(_ref("DeleteResponse"), "Deleted"),
+                    **_errors(404, 503),
+                },
+            },
+        },
+        "/api/v1/job/{jobId}/phase": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "getJobPhase",
+                "responses": {
+                    "200": _json({"type": "string", "enum": phase_values}, "The phase"),
+                    **_errors(404, 503),
+                },
+            },
+        },
+        "/api/v1/job/{jobId}/parameters": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "getJobParameters",
+                "responses": {
+                    "200": _json(_ref("SeedParameters"), "The job's parameters"),
+                    **_errors(404, 503),
+                },
+            },
+        },
+        "/api/v1/job/{jobId}/results": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "listJobResults",
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("ResultListing")}, "Results"),
+                    **_errors(404, 503),
+                },
+            },
+        },
+        "/api/v1/job/result/{resultId}": {
+            "parameters": [
+                {
+                    "name": "resultId",
+                    "in": "path",
+                    "required": True,
+                    "description": "URL-safe base64 of the object key (standard base64 "
+                    "and the 2021 absolute-path form are accepted too)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "get": {
+                "operationId": "downloadResult",
+                "responses": {
+                    "200": {"description": "The file, streamed"},
+                    "206": {"description": "One byte range of the file"},
+                    **_errors(404, 416, 503),
+                },
+            },
+        },
+        "/api/v1/job/result/{jobId}/{n}": {
+            "parameters": [
+                _JOB_ID,
+                {
+                    "name": "n",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            ],
+            "get": {
+                "operationId": "downloadResultByIndex",
+                "responses": {
+                    "200": {"description": "The n-th result file (from 0), streamed"},
+                    "206": {"description": "One byte range of the file"},
+                    **_errors(400, 404, 416, 503),
+                },
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OCPS Job Manager",
+            "version": __version__,
+            "description": "The OCPS JSON interface, byte-compatible with the 2021 prototype.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

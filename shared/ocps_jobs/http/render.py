@@ -1,0 +1,76 @@
+"""Rendering of JSON documents and the one error renderer of the OCPS JSON interface."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response
+
+from ..errors import MethodNotAllowedError, OCPSError, RangeNotSatisfiableError
+from ..models import JobRecord, ResultFile, format_seed_time
+from ..objectstore import ObjectStore
+from ..resultids import encode_result_id
+
+__all__ = ["job_document", "json_response", "render_error", "result_listing"]
+
+JSON_TYPE = "application/json"
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """JSON with two-space indents, as the 2021 seed server wrote it."""
+    return Response(json.dumps(data, indent=2), status=status, mimetype=JSON_TYPE)
+
+
+def render_error(error: OCPSError) -> Response:
+    """``{"error": code, "message": text}`` with the error's status."""
+    response = Response(
+        json.dumps({"error": error.code, "message": error.message}),
+        status=error.status,
+        mimetype=JSON_TYPE,
+    )
+    if isinstance(error, MethodNotAllowedError):
+        response.headers["Allow"] = ", ".join(error.allowed)
+    if isinstance(error, RangeNotSatisfiableError):
+        response.headers["Content-Range"] = f"bytes */{error.size}"
+    return response
+
+
+def result_reference(result: ResultFile, store: ObjectStore) -> dict[str, Any]:
+    """A result as the job object lists it: ``{id, uri}``."""
+    return {"id": encode_result_id(result.key), "uri": store.uri(result.key)}
+
+
+def result_listing(result: ResultFile, store: ObjectStore) -> dict[str, Any]:
+    """A result as ``/results`` lists it: ``{id, uri, size, mimeType}``."""
+    return {
+        **result_reference(result, store),
+        "size": result.size,
+        "mimeType": result.content_type,
+    }
+
+
+def job_document(
+    record: JobRecord, results: list[ResultFile], store: ObjectStore
+) -> dict[str, Any]:
+    """The seed's job object, field for field and in the seed's order."""
+    return {
+        "jobId": record.job_id,
+        "runId": record.run_id,
+        "ownerId": record.owner,
+        "phase": record.phase.value,
+        "creationTime": format_seed_time(record.creation_time),
+        "startTime": format_seed_time(record.start_time),
+        "endTime": format_seed_time(record.end_time),
+        "executionDuration": record.execution_duration,
+        "destruction": format_seed_time(record.destruction),
+        "parameters": {
+            "command": ["/bin/bash", "-c", record.parameters.command],
+            "environment": [entry.model_dump() for entry in record.environment],
+            "url": record.parameters.url,
+            "commit_ref": record.parameters.commit_ref,
+        },
+        "results": [result_reference(result, store) for result in results],
+        "errorSummary": {"message": record.error_message},
+        "jobInfo": {},
+    }

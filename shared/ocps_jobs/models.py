@@ -1,0 +1,275 @@
+"""Pydantic models: job requests as clients send them, job records as the service keeps them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .conventions import RESERVED_ENV_NAMES
+
+__all__ = [
+    "ACTIVE_PHASES",
+    "FINAL_PHASES",
+    "Caller",
+    "DeleteResponse",
+    "EnvironmentVariable",
+    "ErrorBody",
+    "JobDocument",
+    "JobParameters",
+    "JobRecord",
+    "JobRequest",
+    "Phase",
+    "ResultFile",
+    "ResultReference",
+    "format_seed_time",
+    "utcnow",
+]
+
+# Limits a client can meet; the README documents them.
+MAX_COMMAND_LENGTH = 65_536
+MAX_RUN_ID_LENGTH = 255
+MAX_ENV_ENTRIES = 256
+MAX_ENV_NAME_LENGTH = 255
+MAX_ENV_VALUE_LENGTH = 32_768
+MAX_URL_LENGTH = 2_048
+MAX_COMMIT_REF_LENGTH = 255
+MAX_REPLICAS = 16
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, to the second (the seed's times carry no fractions)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def format_seed_time(value: datetime | None) -> str | None:
+    """A time as the seed's JSON shows it: ``2021-03-17 20:58:54+00:00``."""
+    if value is None:
+        return None
+    return str(value.astimezone(UTC).replace(microsecond=0))
+
+
+class Phase(enum.StrEnum):
+    """UWS execution phases, lower-case as the OCPS JSON interface shows them."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    EXECUTING = "executing"
+    COMPLETED = "completed"
+    ERROR = "error"
+    ABORTED = "aborted"
+    UNKNOWN = "unknown"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    ARCHIVED = "archived"
+
+    @property
+    def uws(self) -> str:
+        """The phase as UWS XML spells it."""
+        return self.value.upper()
+
+
+ACTIVE_PHASES = frozenset(
+    {Phase.PENDING, Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED}
+)
+FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
+
+_NO_NUL = r"^[^\x00]*$"
+_PRINTABLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+
+
+class EnvironmentVariable(BaseModel):
+    """One ``{name, value}`` entry of a job's environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_ENV_NAME_LENGTH)]
+    value: Annotated[str, Field(max_length=MAX_ENV_VALUE_LENGTH, pattern=_NO_NUL)] = ""
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+class JobRequest(BaseModel):
+    """The body of ``PUT /api/v1/job``, as the OCPS CSC sends it."""
+
+    model_config = ConfigDict(extra="forbid", title="JobRequest")
+
+    command: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_COMMAND_LENGTH,
+            pattern=_NO_NUL,
+            description="Run as `/bin/bash -c <command>`.",
+        ),
+    ]
+    run_id: Annotated[
+        str | None,
+        Field(
+            max_length=MAX_RUN_ID_LENGTH,
+            pattern=_PRINTABLE_LINE,
+            description="Free-form identifier for the client; defaults to the job id.",
+        ),
+    ] = None
+    environment: Annotated[
+        list[EnvironmentVariable],
+        Field(max_length=MAX_ENV_ENTRIES, description="Variables added after the system ones."),
+    ] = []
+    url: Annotated[
+        str | None,
+        Field(
+            max_length=MAX_URL_LENGTH,
+            pattern=r"^[^\x00-\x20\x7f\-][^\x00-\x20\x7f]*$",
+            description="Git repository cloned into `$JOB_SOURCE_DIR` before the command runs.",
+        ),
+    ] = None
+    commit_ref: Annotated[
+        str | None,
+        Field(
+            max_length=MAX_COMMIT_REF_LENGTH,
+            pattern=r"^[^\x00-\x20\x7f~^:?*\[\\\-][^\x00-\x20\x7f~^:?*\[\\]*$",
+            description="Branch, tag or commit checked out after the clone.",
+        ),
+    ] = None
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS, strict=True)] = 1
+
+    @field_validator("run_id", "url", "commit_ref", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("environment")
+    @classmethod
+    def _no_reserved_names(cls, value: list[EnvironmentVariable]) -> list[EnvironmentVariable]:
+        reserved = sorted({entry.name for entry in value} & RESERVED_ENV_NAMES)
+        if reserved:
+            raise ValueError(
+                f"reserved environment variable(s) cannot be set: {', '.join(reserved)}"
+            )
+        return value
+
+
+class JobParameters(BaseModel):
+    """What the caller asked for, kept verbatim with the job."""
+
+    command: str
+    environment: list[EnvironmentVariable] = []
+    url: str | None = None
+    commit_ref: str | None = None
+    replicas: int = 1
+
+
+class ResultFile(BaseModel):
+    """One output file of a finished job."""
+
+    key: str
+    size: int
+    content_type: str = "application/octet-stream"
+
+
+class JobRecord(BaseModel):
+    """Everything the service knows of one job; persisted and archived as JSON."""
+
+    job_id: str
+    run_id: str
+    owner: str = ""
+    phase: Phase = Phase.PENDING
+    creation_time: datetime
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    execution_duration: int | None = None
+    destruction: datetime | None = None
+    parameters: JobParameters
+    environment: list[EnvironmentVariable] = []
+    error_message: str = ""
+    results: list[ResultFile] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job can no longer change phase by itself."""
+        return self.phase in FINAL_PHASES
+
+
+# --- documents of the OCPS JSON interface (field order as the seed) -------------------------
+
+
+class ResultReference(BaseModel):
+    """A result as the job object lists it."""
+
+    id: str = Field(description="URL-safe base64 (no padding) of the object key.")
+    uri: str = Field(description="Where the object lives, e.g. `s3://bucket/jobs/<id>/out/f`.")
+
+
+class ResultListing(ResultReference):
+    """A result as ``/results`` lists it: the job object's fields plus size and type."""
+
+    size: int
+    mimeType: str
+
+
+class SeedParameters(BaseModel):
+    """The job object's ``parameters``: command as the argv the job runs, full environment."""
+
+    command: list[str]
+    environment: list[EnvironmentVariable]
+    url: str | None
+    commit_ref: str | None
+
+
+class ErrorSummary(BaseModel):
+    """The job object's ``errorSummary``."""
+
+    message: str
+
+
+class JobDocument(BaseModel):
+    """The job object of the OCPS JSON interface, field for field as the 2021 seed."""
+
+    model_config = ConfigDict(title="Job")
+
+    jobId: str
+    runId: str
+    ownerId: str
+    phase: Phase
+    creationTime: str = Field(examples=["2021-03-17 20:58:54+00:00"])
+    startTime: str | None
+    endTime: str | None
+    executionDuration: int | None
+    destruction: str | None
+    parameters: SeedParameters
+    results: list[ResultReference]
+    errorSummary: ErrorSummary
+    jobInfo: dict[str, Any]
+
+
+class DeleteResponse(BaseModel):
+    """The body of a successful ``DELETE /api/v1/job/{jobId}``, as the seed answered."""
+
+    status: str = "ok"
+    message: str = ""
+    code: int = 200
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the JSON interface."""
+
+    error: str = Field(description="A stable machine-readable code.")
+    message: str = Field(description="What went wrong, for a person.")
+
+
+class Caller(BaseModel):
+    """Who is asking: the owner name jobs are created under, and whether they may see all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = ""
+    admin: bool = False
+
+    def may_see(self, record: JobRecord) -> bool:
+        """Owners see their own jobs; an admin sees every job."""
+        return self.admin or record.owner == self.name

@@ -1,0 +1,89 @@
+"""The object-store interface shared by the S3 and filesystem stores (stdlib only)."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ObjectInfo", "ObjectStore", "ObjectStream", "guess_content_type"]
+
+# Types mimetypes does not know but pipelines write.
+_EXTRA_TYPES = {
+    ".fits": "application/fits",
+    ".fit": "application/fits",
+    ".fz": "application/fits",
+    ".log": "text/plain",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".parq": "application/vnd.apache.parquet",
+    ".parquet": "application/vnd.apache.parquet",
+    ".ecsv": "text/plain",
+}
+
+
+def guess_content_type(name: str) -> str:
+    """A content type for a file name; ``application/octet-stream`` when unknown."""
+    lowered = name.lower()
+    for suffix, content_type in _EXTRA_TYPES.items():
+        if lowered.endswith(suffix):
+            return content_type
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's key, size in bytes and content type."""
+
+    key: str
+    size: int
+    content_type: str
+
+
+@dataclass
+class ObjectStream:
+    """An open byte range of one object, read in bounded chunks."""
+
+    info: ObjectInfo
+    start: int
+    end: int  # inclusive
+    chunks: Iterator[bytes]
+    close: Callable[[], None]  # releases the underlying connection or file
+
+    @property
+    def length(self) -> int:
+        """Number of bytes the stream yields."""
+        return self.end - self.start + 1 if self.info.size else 0
+
+
+class ObjectStore(Protocol):
+    """Where job outputs, manifests and archived records live."""
+
+    def ensure_ready(self) -> None:
+        """Create the bucket or folder if it does not exist."""
+
+    def put_file(self, key: str, path: str, content_type: str) -> None:
+        """Upload a local file to ``key``."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` at ``key``."""
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The whole object, or None when it does not exist."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's size and type, or None when it does not exist."""
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix``, in key order."""
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
+        """Stream bytes ``start..end`` (inclusive) of the object, or None when missing."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix``."""
+
+    def uri(self, key: str) -> str:
+        """Where an operator finds the object with their own tools."""

@@ -1,0 +1,117 @@
+"""An object store in a local folder, with the same key layout as the S3 bucket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .base import ObjectInfo, ObjectStream, guess_content_type
+
+__all__ = ["FilesystemStore"]
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class FilesystemStore:
+    """Objects are files under ``root``; keys are relative paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"object key escapes the store: {key!r}")
+        return path
+
+    def ensure_ready(self) -> None:
+        """Create the root folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                write(out)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def put_file(self, key: str, path: str, content_type: str) -> None:
+        """Copy a file in, atomically."""
+
+        def copy(out: BinaryIO) -> None:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, out, CHUNK_SIZE)
+
+        self._write_atomically(key, copy)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write bytes, atomically."""
+        self._write_atomically(key, lambda out: out.write(data))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """Read a whole object."""
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and type of one object."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return ObjectInfo(key, path.stat().st_size, guess_content_type(key))
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under a prefix (a folder in this store)."""
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        found = []
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".upload-"):
+                    continue
+                path = Path(folder) / name
+                key = path.relative_to(self.root).as_posix()
+                found.append(ObjectInfo(key, path.stat().st_size, guess_content_type(key)))
+        return sorted(found, key=lambda info: info.key)
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
+        """Stream a byte range of a file without reading it whole."""
+        info = self.head(key)
+        if info is None:
+            return None
+        last = info.size - 1 if end is None else min(end, info.size - 1)
+        handle = open(self._path(key), "rb")  # noqa: SIM115 - closed by the stream
+        handle.seek(start)
+
+        def chunks() -> Iterator[bytes]:
+            remaining = last - start + 1
+            while remaining > 0:
+                chunk = handle.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise OSError(f"{key} was truncated while being read")
+                remaining -= len(chunk)
+                yield chunk
+
+        return ObjectStream(info, start, last, chunks(), handle.close)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove a folder of objects."""
+        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+
+    def uri(self, key: str) -> str:
+        """A ``file://`` URI of the object."""
+        return (self.root / key).as_uri()

@@ -1,0 +1,195 @@
+"""The S3 object store: the only module that calls S3 (through boto3)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import BackendUnavailableError
+from .base import ObjectInfo, ObjectStream, guess_content_type
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3Store"]
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def _is_missing(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code")) in _MISSING
+
+
+class S3Store:
+    """Objects in one bucket of any S3 endpoint; credentials from the usual AWS variables."""
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        *,
+        max_concurrency: int = 8,
+        client: S3Client | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.client: S3Client = client or boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+                max_pool_connections=max(10, max_concurrency * 2),
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=16 * 1024 * 1024,
+            multipart_chunksize=16 * 1024 * 1024,
+            max_concurrency=max_concurrency,
+            use_threads=True,
+        )
+
+    def _call(self, action: str, function: Any, **kwargs: Any) -> Any:
+        try:
+            return function(**kwargs)
+        except ClientError:
+            raise
+        except BotoCoreError as error:
+            log.warning("S3 %s failed: %s", action, error)
+            raise BackendUnavailableError(f"Object store unavailable ({action})") from error
+
+    def ensure_ready(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
+        except ClientError as error:
+            if not _is_missing(error):
+                raise BackendUnavailableError(
+                    f"Object store refused bucket {self.bucket}"
+                ) from error
+            self._call("create bucket", self.client.create_bucket, Bucket=self.bucket)
+
+    def put_file(self, key: str, path: str, content_type: str) -> None:
+        """Upload a file, multipart and concurrent above the threshold."""
+        try:
+            self.client.upload_file(
+                path,
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Config=self.transfer,
+            )
+        except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as error:
+            raise BackendUnavailableError(f"Upload of {key} failed: {error}") from error
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store a small object in one PUT."""
+        try:
+            self._call(
+                "put",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+            )
+        except ClientError as error:
+            raise BackendUnavailableError(f"Upload of {key} failed: {error}") from error
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """Read a small object whole."""
+        try:
+            response = self._call("get", self.client.get_object, Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise BackendUnavailableError(f"Read of {key} failed: {error}") from error
+        body: bytes = response["Body"].read()
+        return body
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and type of one object."""
+        try:
+            response = self._call("head", self.client.head_object, Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise BackendUnavailableError(f"Read of {key} failed: {error}") from error
+        return ObjectInfo(
+            key,
+            int(response["ContentLength"]),
+            response.get("ContentType") or "application/octet-stream",
+        )
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under a prefix (sizes from the listing; types are not listed by S3)."""
+        found = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    found.append(ObjectInfo(key, int(item["Size"]), guess_content_type(key)))
+        except (BotoCoreError, ClientError) as error:
+            raise BackendUnavailableError(f"Listing {prefix} failed: {error}") from error
+        return found
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
+        """Stream a byte range; the body is read in bounded chunks as the client consumes it."""
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or end is not None:
+            arguments["Range"] = f"bytes={start}-{'' if end is None else end}"
+        try:
+            response = self._call("get", self.client.get_object, **arguments)
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            if str(error.response.get("Error", {}).get("Code")) == "InvalidRange":
+                return None
+            raise BackendUnavailableError(f"Read of {key} failed: {error}") from error
+        length = int(response["ContentLength"])
+        content_range = response.get("ContentRange")
+        total = int(content_range.rsplit("/", 1)[1]) if content_range else length
+        info = ObjectInfo(key, total, response.get("ContentType") or "application/octet-stream")
+        body = response["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            received = 0
+            for chunk in body.iter_chunks(CHUNK_SIZE):
+                received += len(chunk)
+                yield chunk
+            if received != length:
+                raise OSError(f"{key}: object store sent {received} of {length} bytes")
+
+        return ObjectStream(info, start, start + length - 1, chunks(), body.close)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under a prefix, a thousand per request."""
+        keys = [info.key for info in self.list_objects(prefix)]
+        for first in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[first : first + 1000]]
+            try:
+                self._call(
+                    "delete",
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": batch, "Quiet": True},
+                )
+            except ClientError as error:
+                raise BackendUnavailableError(f"Deleting {prefix} failed: {error}") from error
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{key}"

@@ -1,0 +1,220 @@
+"""The uploader: copies ``$JOB_OUTPUT_DIR`` to the object store, manifest last (stdlib + boto3)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .conventions import (
+    ENV_JOB_ID,
+    ENV_JOB_OUTPUT_DIR,
+    LOG_RESULT_NAME,
+    manifest_key,
+    output_key,
+)
+from .errors import BackendUnavailableError
+from .objectstore.base import ObjectStore, guess_content_type
+
+__all__ = ["OutputFile", "Uploader", "main", "scan_outputs"]
+
+log = logging.getLogger("ocps_jobs.sidecar")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A regular file under the output folder."""
+
+    relative_path: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
+    """Every regular file under ``output_dir``; symbolic links are not followed or uploaded."""
+    for folder, dirs, files in os.walk(output_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                stat = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            relative = Path(path).relative_to(output_dir).as_posix()
+            yield OutputFile(relative, path, stat.st_size, stat.st_mtime_ns)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Uploader:
+    """Uploads one job's outputs, concurrently, with retries; writes the manifest last."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        job_id: str,
+        output_dir: Path,
+        *,
+        workers: int = 8,
+        attempts: int = 6,
+        backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.output_dir = output_dir
+        self.workers = workers
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.sleep = sleep
+        self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
+
+    def _retry(self, action: str, function: Callable[[], T]) -> T:
+        delay = self.backoff_seconds
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return function()
+            except (BackendUnavailableError, OSError) as error:
+                if attempt == self.attempts:
+                    raise
+                log.warning(
+                    "%s failed (attempt %d of %d): %s", action, attempt, self.attempts, error
+                )
+                self.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    def _upload_one(self, item: OutputFile) -> None:
+        checksum = _sha256(item.path)
+        key = output_key(self.job_id, item.relative_path)
+        self._retry(
+            f"upload of {key}",
+            lambda: self.store.put_file(key, item.path, guess_content_type(item.relative_path)),
+        )
+        self._uploaded[item.relative_path] = (item.size, item.mtime_ns, checksum)
+
+    def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
+        """Upload files that are new or changed since the last pass; returns how many."""
+        items = list(scan_outputs(self.output_dir)) if self.output_dir.is_dir() else []
+        for relative, path in (extra or {}).items():
+            if path.is_file():
+                stat = path.stat()
+                items.append(OutputFile(relative, str(path), stat.st_size, stat.st_mtime_ns))
+        changed = [
+            item
+            for item in items
+            if self._uploaded.get(item.relative_path, (None, None, None))[:2]
+            != (item.size, item.mtime_ns)
+        ]
+        if not changed:
+            return 0
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            # list() re-raises the first failure after every upload has finished or failed.
+            list(pool.map(self._upload_one, changed))
+        return len(changed)
+
+    def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
+        """Final pass, then the manifest: its presence means every listed file is in the store."""
+        self.upload_changed(extra)
+        files = [
+            {
+                "path": relative,
+                "key": output_key(self.job_id, relative),
+                "size": size,
+                "sha256": checksum,
+                "contentType": guess_content_type(relative),
+            }
+            for relative, (size, _mtime, checksum) in sorted(self._uploaded.items())
+        ]
+        manifest = {
+            "version": 1,
+            "jobId": self.job_id,
+            "files": files,
+            "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            **details,
+        }
+        data = json.dumps(manifest, indent=1).encode()
+        key = manifest_key(self.job_id)
+        self._retry(
+            "manifest upload",
+            lambda: self.store.put_bytes(key, data, "application/json"),
+        )
+        return manifest
+
+
+# --- the Kubernetes sidecar process -------------------------------------------------------
+
+
+def _store_from_environment() -> ObjectStore:
+    endpoint = os.environ.get("OCPS_S3_ENDPOINT") or None
+    bucket = os.environ.get("OCPS_BUCKET", "ocps-jobs")
+    if endpoint is None and os.environ.get("OCPS_STORE_DIR"):
+        from .objectstore.filesystem import FilesystemStore
+
+        return FilesystemStore(Path(os.environ["OCPS_STORE_DIR"]))
+    from .objectstore.s3 import S3Store
+
+    return S3Store(bucket, endpoint, os.environ.get("OCPS_S3_REGION", "us-east-1"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run beside the job: upload while it runs, and everything once it has exited.
+
+    The main container's wrapper writes ``$OCPS_EXIT_CODE_FILE`` when the command ends;
+    the sidecar then makes its final pass. SIGTERM (the pod ending) triggers the final
+    pass too, within the pod's grace period.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sidecar %(levelname)s %(message)s")
+    job_id = os.environ[ENV_JOB_ID]
+    output_dir = Path(os.environ[ENV_JOB_OUTPUT_DIR])
+    exit_code_file = Path(
+        os.environ.get("OCPS_EXIT_CODE_FILE", str(output_dir.parent / "exit-code"))
+    )
+    interval = float(os.environ.get("OCPS_UPLOAD_INTERVAL", "10"))
+    log_file = os.environ.get("OCPS_LOG_FILE")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store = _store_from_environment()
+    uploader = Uploader(store, job_id, output_dir)
+    while not stop.is_set() and not exit_code_file.exists():
+        try:
+            uploader.upload_changed()
+        except (BackendUnavailableError, OSError) as error:
+            log.warning("periodic upload failed, will retry: %s", error)
+        stop.wait(interval)
+    exit_code = None
+    if exit_code_file.exists():
+        text = exit_code_file.read_text().strip()
+        exit_code = int(text) if text.lstrip("-").isdigit() else None
+    extra = {LOG_RESULT_NAME: Path(log_file)} if log_file else None
+    manifest = uploader.finish(extra, exitCode=exit_code)
+    log.info("uploaded %d files for job %s", len(manifest["files"]), job_id)
+    if not stop.is_set():
+        stop.wait()  # a native sidecar lives until the pod ends
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Fixtures: settings on a temporary data dir, the embedded app, moto's S3 server."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from flask.testing import FlaskClient
+
+from ocps_jobs.config import Settings
+from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http.app import close_services
+from ocps_jobs.service import JobService
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = REPO_ROOT / "functions"
+
+S3_ACCESS_KEY = "ocps-test-access"
+S3_SECRET_KEY = "ocps-test-secret"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No OCPS_* settings leak in from the developer's shell; services are closed after."""
+    for name in list(os.environ):
+        if name.startswith(("OCPS_", "UWS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    yield
+    close_services()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings on a fresh data dir."""
+    return Settings.from_env(data_dir=tmp_path / "data", max_concurrent_jobs=2)
+
+
+@pytest.fixture
+def service(settings: Settings) -> JobService:
+    """The local-backend service."""
+    return build_service(settings)
+
+
+@pytest.fixture
+def client(service: JobService) -> FlaskClient:
+    """A test client of the embedded app (all three functions' routes)."""
+    return create_embedded_app(service).test_client()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's threaded S3 server on a free loopback port: a real HTTP endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual AWS variables, as an operator would set them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, s3_credentials: None, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket name per test (the product creates it)."""
+    name = "ocps-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    yield name
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    try:
+        listing = s3.list_objects_v2(Bucket=name)
+    except s3.exceptions.NoSuchBucket:
+        return
+    for item in listing.get("Contents", []):
+        s3.delete_object(Bucket=name, Key=item["Key"])
+    s3.delete_bucket(Bucket=name)

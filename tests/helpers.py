@@ -1,0 +1,88 @@
+"""Helpers shared by the tests: waiting on phases, building git repositories, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FINISHED = {"completed", "error", "aborted", "unknown", "archived"}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def wait_for_phase(get_phase: Callable[[], str], phases: set[str], timeout: float = 20.0) -> str:
+    """Poll a phase getter until it is one of ``phases``."""
+    seen: list[str] = []
+
+    def check() -> str | None:
+        phase = get_phase()
+        seen.append(phase)
+        return phase if phase in phases else None
+
+    try:
+        return str(wait_until(check, timeout))
+    except AssertionError:
+        raise AssertionError(f"phase never reached {phases}; saw {sorted(set(seen))}") from None
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd`` with a fixed identity; its stdout."""
+    return subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+PIPETASK = """#!/bin/bash
+# A stand-in for the CSC's bin/pipetask.sh: writes nested outputs, text and binary.
+set -euo pipefail
+mkdir -p "$JOB_OUTPUT_DIR/logs" "$JOB_OUTPUT_DIR/data/deep"
+branch=$(git -C "$JOB_SOURCE_DIR" rev-parse --abbrev-ref HEAD)
+echo "job $JOB_ID at $branch" > "$JOB_OUTPUT_DIR/summary.txt"
+cat "$JOB_SOURCE_DIR/VERSION" > "$JOB_OUTPUT_DIR/version.txt"
+head -c 300000 /dev/urandom > "$JOB_OUTPUT_DIR/data/deep/image.fits"
+printf '%s' "$SRC_GIT_URL|$GIT_COMMIT_REF" > "$JOB_OUTPUT_DIR/logs/git.txt"
+echo "done"
+"""
+
+
+def make_pipeline_repo(root: Path) -> Path:
+    """A git repository holding ``bin/pipetask.sh``.
+
+    Branch ``main`` and tag ``v1`` have VERSION 1, branch ``release`` VERSION 2.
+    """
+    repo = root / "pipeline-repo"
+    (repo / "bin").mkdir(parents=True)
+    (repo / "bin" / "pipetask.sh").write_text(PIPETASK)
+    (repo / "VERSION").write_text("1\n")
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", ".")
+    git(repo, "commit", "--quiet", "-m", "first")
+    git(repo, "tag", "v1")
+    git(repo, "checkout", "--quiet", "-b", "release")
+    (repo / "VERSION").write_text("2\n")
+    git(repo, "commit", "--quiet", "-am", "second")
+    git(repo, "checkout", "--quiet", "main")
+    return repo

@@ -1,0 +1,79 @@
+"""The three Knative functions in-process, through functions-framework's own app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from functions_framework import create_app
+
+from tests.conftest import FUNCTIONS
+from tests.helpers import wait_for_phase
+
+JOB = "0" * 32
+
+
+@pytest.fixture
+def functions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, FlaskClient]:
+    """Each function loaded from its own main.py, configured from the environment."""
+    monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
+    return {
+        name: create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
+        for name in ("create_job", "query_job", "results")
+    }
+
+
+def test_a_job_through_all_three_functions(functions: dict[str, FlaskClient]) -> None:
+    created = functions["create_job"].put(
+        "/api/v1/job",
+        json={"command": 'echo "$JOB_ID" > "$JOB_OUTPUT_DIR/id.txt"', "run_id": "fn-test"},
+    )
+    assert created.status_code == 200
+    job = created.get_json()
+    job_id = job["jobId"]
+    assert job["runId"] == "fn-test"
+    query = functions["query_job"]
+    wait_for_phase(lambda: query.get(f"/api/v1/job/{job_id}/phase").get_json(), {"completed"})
+    listed = query.get("/api/v1/job?phase=completed").get_json()
+    assert [item["jobId"] for item in listed] == [job_id]
+    results = functions["results"].get(f"/api/v1/job/{job_id}/results").get_json()
+    by_name = {item["uri"].rsplit("/", 1)[1]: item for item in results}
+    assert set(by_name) == {"id.txt", "ocps-job.log"}
+    download = functions["results"].get(f"/api/v1/job/result/{by_name['id.txt']['id']}")
+    assert download.status_code == 200
+    assert download.data == f"{job_id}\n".encode()
+    deleted = functions["create_job"].delete(f"/api/v1/job/{job_id}")
+    assert deleted.get_json() == {"status": "ok", "message": "", "code": 200}
+    assert query.get(f"/api/v1/job/{job_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("function", "method", "path", "status"),
+    [
+        ("create_job", "GET", f"/api/v1/job/{JOB}", 405),
+        ("create_job", "GET", "/", 404),
+        ("query_job", "PUT", "/api/v1/job", 405),
+        ("query_job", "GET", "/api/v1/job/result/abc", 404),
+        ("results", "DELETE", "/api/v1/job/result/abc", 405),
+        ("results", "GET", f"/api/v1/job/{JOB}", 404),
+    ],
+)
+def test_functions_refuse_what_is_not_theirs(
+    functions: dict[str, FlaskClient], function: str, method: str, path: str, status: int
+) -> None:
+    response = functions[function].open(path, method=method)
+    assert response.status_code == status
+    assert response.is_json
+    assert set(response.get_json()) == {"error", "message"}
+    if status == 405:
+        assert response.headers["Allow"]
+
+
+def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> None:
+    document = functions["query_job"].get("/api/v1/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    assert "/api/v1/job/{jobId}" in document["paths"]
+    request_schema = document["components"]["schemas"]["JobRequest"]
+    assert request_schema["required"] == ["command"]
+    assert request_schema["additionalProperties"] is False

@@ -1,0 +1,289 @@
+"""``ocps-jobs serve`` as a subprocess, driven over HTTP exactly as the OCPS CSC drives it."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import make_pipeline_repo, wait_until
+
+pytestmark = pytest.mark.slow
+
+CLI = Path(sys.executable).with_name("ocps-jobs")
+FINISHED = {"completed", "error", "aborted", "unknown"}
+
+
+class Server:
+    """A running ``ocps-jobs serve``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> Server:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("OCPS_")}
+        self.process = subprocess.Popen(
+            [
+                str(CLI),
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(self.data_dir),
+                "--max-concurrent-jobs",
+                "2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=environment,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert found, f"unexpected first line: {line!r}"
+        self.url = f"http://127.0.0.1:{found[1]}"
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = Server(tmp_path / "data").start()
+    yield running
+    running.stop()
+
+
+def csc_wait(base: str, job_id: str) -> dict:
+    """The CSC's loop: GET the job every 0.5 s until it is finished."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = requests.get(f"{base}/api/v1/job/{job_id}", timeout=10)
+        assert response.status_code == 200
+        job = response.json()
+        assert job["phase"] != "unknown"
+        if job["phase"] in FINISHED:
+            return job
+        time.sleep(0.5)
+    raise AssertionError("job did not finish")
+
+
+def test_the_csc_request_sequence(server: Server, tmp_path: Path) -> None:
+    repo = make_pipeline_repo(tmp_path)
+    base = server.url
+    response = requests.put(
+        f"{base}/api/v1/job",
+        json={
+            "command": "cd $JOB_SOURCE_DIR && bash bin/pipetask.sh",
+            "run_id": "csc-run-1",
+            "url": str(repo),
+            "commit_ref": "release",
+            "environment": [{"name": "PIPE_ARGS", "value": "-j 2 --config 'a: b'"}],
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    job = response.json()
+    assert list(job) == [
+        "jobId",
+        "runId",
+        "ownerId",
+        "phase",
+        "creationTime",
+        "startTime",
+        "endTime",
+        "executionDuration",
+        "destruction",
+        "parameters",
+        "results",
+        "errorSummary",
+        "jobInfo",
+    ]
+    assert re.fullmatch(r"[0-9a-f]{32}", job["jobId"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", job["creationTime"])
+    assert job["phase"] in {"queued", "executing"}
+    job_id = job["jobId"]
+
+    listed = requests.get(f"{base}/api/v1/job", timeout=10).json()
+    assert [item["jobId"] for item in listed] == [job_id]
+
+    final = csc_wait(base, job_id)
+    assert final["phase"] == "completed", final["errorSummary"]
+    assert requests.get(f"{base}/api/v1/job/{job_id}/phase", timeout=10).json() == "completed"
+    assert (
+        requests.get(f"{base}/api/v1/job?phase=completed", timeout=10).json()[0]["jobId"] == job_id
+    )
+
+    results = requests.get(f"{base}/api/v1/job/{job_id}/results", timeout=10).json()
+    names = {item["uri"].split("/out/", 1)[1] for item in results}
+    assert names == {
+        "summary.txt",
+        "version.txt",
+        "data/deep/image.fits",
+        "logs/git.txt",
+        "ocps-job.log",
+    }
+    manifest = json.loads(
+        (server.data_dir / "objects" / "ocps-jobs" / "jobs" / job_id / "manifest.json").read_text()
+    )
+    checksums = {item["path"]: item["sha256"] for item in manifest["files"]}
+    for item in results:
+        name = item["uri"].split("/out/", 1)[1]
+        with requests.get(f"{base}/api/v1/job/result/{item['id']}", stream=True, timeout=10) as got:
+            assert got.status_code == 200
+            body = b"".join(got.iter_content(65536))
+        assert len(body) == item["size"]
+        assert hashlib.sha256(body).hexdigest() == checksums[name]
+    version = next(i for i in results if i["uri"].endswith("version.txt"))
+    assert requests.get(f"{base}/api/v1/job/result/{version['id']}", timeout=10).text == "2\n"
+
+    deleted = requests.delete(f"{base}/api/v1/job/{job_id}", timeout=10)
+    assert deleted.status_code == 200
+    assert deleted.json() == {"status": "ok", "message": "", "code": 200}
+    assert requests.get(f"{base}/api/v1/job/{job_id}", timeout=10).status_code == 404
+
+
+def test_raw_hostile_requests_never_get_a_500(server: Server) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    raw_requests = [
+        ("DELETE", "/api/v1/job/%2E%2E", None, {}),
+        ("DELETE", "/api/v1/job/..%2F..%2F", None, {}),
+        ("GET", "/api/v1/job/result/..%2F..%2Fetc%2Fpasswd", None, {}),
+        ("GET", "/api/v1/job/result/L2V0Yy9wYXNzd2Q=", None, {}),
+        ("GET", "/api/v1/job/%00", None, {}),
+        ("GET", "/api/v1/job?phase=%FF", None, {}),
+        ("PUT", "/api/v1/job", b"{", {"Content-Type": "application/json"}),
+        ("PUT", "/api/v1/job", b"x" * 400_000, {"Content-Type": "application/json"}),
+        (
+            "PUT",
+            "/api/v1/job",
+            b"{}",
+            {"Content-Type": "application/json", "Content-Length": "999999999"},
+        ),
+        ("POST", "/api/v1/job", b"{}", {"Content-Type": "application/json"}),
+        ("PATCH", "/api/v1/job/x", b"{}", {}),
+        ("GET", "/" + "a/" * 2000, None, {}),
+        ("OPTIONS", "/api/v1/job", None, {}),
+    ]
+    for method, path, body, headers in raw_requests:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (ConnectionError, http.client.HTTPException):
+            continue  # the server may close a connection whose declared body never arrives
+        finally:
+            connection.close()
+        assert 400 <= response.status < 500, (method, path, response.status)
+        assert b"root:" not in data
+    assert requests.get(f"{server.url}/api/v1/job", timeout=10).json() == []
+
+
+def test_jobs_survive_a_crash_of_the_server(server: Server) -> None:
+    done = requests.put(
+        f"{server.url}/api/v1/job", json={"command": "echo a > $JOB_OUTPUT_DIR/a"}, timeout=10
+    ).json()["jobId"]
+    assert csc_wait(server.url, done)["phase"] == "completed"
+    running = requests.put(
+        f"{server.url}/api/v1/job", json={"command": "sleep 120"}, timeout=10
+    ).json()["jobId"]
+    wait_until(
+        lambda: (
+            requests.get(f"{server.url}/api/v1/job/{running}/phase", timeout=10).json()
+            == "executing"
+        )
+    )
+    server.stop(signal.SIGKILL)
+
+    restarted = Server(server.data_dir).start()
+    try:
+        after = requests.get(f"{restarted.url}/api/v1/job/{running}", timeout=10).json()
+        assert after["phase"] == "error"
+        assert "restarted" in after["errorSummary"]["message"]
+        kept = requests.get(f"{restarted.url}/api/v1/job/{done}/results", timeout=10).json()
+        assert [
+            requests.get(f"{restarted.url}/api/v1/job/result/{r['id']}", timeout=10).text
+            for r in kept
+            if r["uri"].endswith("/a")
+        ] == ["a\n"]
+    finally:
+        restarted.stop()
+    subprocess.run(["pkill", "-f", "sleep 120"], check=False)
+
+
+def test_cli_drives_the_server(server: Server, tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CLI), *args, "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    submitted = cli(
+        "submit",
+        "mkdir -p $JOB_OUTPUT_DIR/d && echo $GREETING > $JOB_OUTPUT_DIR/d/hi.txt",
+        "--env",
+        "GREETING=hello: world",
+        "--run-id",
+        "cli-1",
+        "--wait",
+        "--json",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["phase"] == "completed" and job["runId"] == "cli-1"
+    job_id = job["jobId"]
+
+    table = cli("list")
+    assert table.returncode == 0 and job_id in table.stdout and "completed" in table.stdout
+    listed = json.loads(cli("list", "--json", "--phase", "completed").stdout)
+    assert [item["jobId"] for item in listed] == [job_id]
+    assert json.loads(cli("status", job_id, "--json").stdout)["phase"] == "completed"
+    results = json.loads(cli("results", job_id, "--json").stdout)
+    assert {r["uri"].split("/out/")[1] for r in results} == {"d/hi.txt", "ocps-job.log"}
+
+    downloaded = cli("download", job_id, "--output", str(tmp_path / "dl"), "--json")
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert (tmp_path / "dl" / job_id / "d" / "hi.txt").read_text() == "hello: world\n"
+
+    failing = cli("submit", "exit 4", "--wait", "--json")
+    assert failing.returncode == 1
+    assert "exited with code 4" in json.loads(failing.stdout)["errorSummary"]["message"]
+
+    missing = cli("status", "0" * 32)
+    assert missing.returncode == 3 and "404" in missing.stderr
+    assert cli("abort", job_id, "--json").returncode == 0
+    assert cli("status", job_id).returncode == 3
+    unreachable = subprocess.run(
+        [str(CLI), "list", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert unreachable.returncode == 3 and "Cannot reach" in unreachable.stderr
