@@ -61,13 +61,61 @@ class Settings(BaseSettings):
     job_memory_limit: str | None = None
     job_ttl_seconds: int = Field(default=3600, ge=0)
     job_output_root: str = "/uws/jobs"
+    job_service_account: str | None = None
+    # NAME -> PersistentVolumeClaim mounted read-only at data_dirs[NAME] (DATA_DIR_<NAME>).
+    data_volume_claims: dict[str, str] = Field(default_factory=dict)
+    # Operator-chosen annotations on every job pod (mesh opt-outs, test-cluster behaviour).
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    upload_interval_seconds: int = Field(default=30, ge=1)
     s3_credentials_secret: str = "ocps-jobs-s3"  # noqa: S105 - a Secret's name
+
+    # Authentication. Off by default on the embedded backend (which binds to loopback),
+    # on by default on Kubernetes. Tokens map a bearer token to the identity it stands for;
+    # the trusted header is only safe behind an ingress that sets it and strips clients' own.
+    auth_required: bool | None = None
+    auth_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
+    auth_tokens_file: Path | None = None
+    auth_header: str | None = None
+    admin_users: frozenset[str] = frozenset()
 
     # Request limits (documented in the README).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
+
+    # Execution duration (seconds a job may run before it is aborted; 0 = unlimited).
+    # New jobs get the default; with a maximum set, any request above it, and a request
+    # for 0 (unlimited), is clamped to the maximum. Both 0 = no limit (the default).
+    default_execution_duration: int = Field(default=0, ge=0, le=10 * 365 * 86400)
+    max_execution_duration: int = Field(default=0, ge=0, le=10 * 365 * 86400)
+    # Destruction: when a job and its results are removed (like a DELETE), in seconds after
+    # creation. New jobs get the default (0 = kept until deleted); with a maximum set, a
+    # requested time later than creation + maximum (or never) is clamped to it; a time in
+    # the past is refused (400). A job past its destruction time is gone at once (404).
+    default_destruction_seconds: int = Field(default=0, ge=0, le=10 * 365 * 86400)
+    max_destruction_seconds: int = Field(default=0, ge=0, le=10 * 365 * 86400)
+
+    # Absolute base URL clients reach the service at (e.g. https://ocps.example.org/), used
+    # for the links in UWS documents; by default taken from each request's Host.
+    public_url: str | None = None
+
+    @property
+    def authentication_required(self) -> bool:
+        """Whether anonymous requests are refused (explicit setting, else by backend)."""
+        if self.auth_required is not None:
+            return self.auth_required
+        return self.backend == "kubernetes"
+
+    def bearer_tokens(self) -> dict[str, str]:
+        """Configured tokens, from the setting and (mounted Secret) file, read when called."""
+        tokens = dict(self.auth_tokens)
+        if self.auth_tokens_file is not None:
+            for line in self.auth_tokens_file.read_text().splitlines():
+                token, separator, identity = line.strip().partition(" ")
+                if token and not token.startswith("#") and separator:
+                    tokens[token] = identity.strip()
+        return tokens
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -7,6 +7,9 @@ import re
 __all__ = [
     "ANNOTATIONS",
     "ANNOTATION_PREFIX",
+    "CONTAINER_GIT_CLONE",
+    "CONTAINER_JOB",
+    "CONTAINER_UPLOADER",
     "JOB_ID_PATTERN",
     "LABEL_JOB_ID",
     "LABEL_MANAGED_BY",
@@ -16,6 +19,7 @@ __all__ = [
     "RESERVED_ENV_NAMES",
     "archive_key",
     "is_job_id",
+    "job_name",
     "job_prefix",
     "manifest_key",
     "output_key",
@@ -51,7 +55,20 @@ class ANNOTATIONS:
     EXECUTION_DURATION = ANNOTATION_PREFIX + "execution-duration"
     DESTRUCTION = ANNOTATION_PREFIX + "destruction"
     ABORT_REQUESTED = ANNOTATION_PREFIX + "abort-requested"
-    PHASE_OVERRIDE = ANNOTATION_PREFIX + "phase"
+    ABORT_REASON = ANNOTATION_PREFIX + "abort-reason"
+
+
+# --- containers of a job's pod -------------------------------------------------------------
+
+CONTAINER_JOB = "job"
+CONTAINER_GIT_CLONE = "git-clone"
+CONTAINER_UPLOADER = "uploader"
+JOB_NAME_PREFIX = "ocps-job-"
+
+
+def job_name(job_id: str) -> str:
+    """Name of the Kubernetes Job of a job id."""
+    return JOB_NAME_PREFIX + job_id
 
 
 # --- environment every job sees -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationRequiredError",
     "BackendUnavailableError",
     "InvalidRequestError",
     "JobNotFoundError",
@@ -54,6 +55,13 @@ class RouteNotFoundError(OCPSError):
 
     code = "not_found"
     status = 404
+
+
+class AuthenticationRequiredError(OCPSError):
+    """No valid credentials: a bearer token or the trusted identity header."""
+
+    code = "authentication_required"
+    status = 401
 
 
 class MethodNotAllowedError(OCPSError):

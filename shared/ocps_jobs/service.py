@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from .backends import JobBackend, JobUpdate
 from .config import Settings
 from .conventions import is_job_id, manifest_key
-from .errors import JobNotFoundError, ResultNotFoundError
+from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
 from .models import (
     FINAL_PHASES,
     Caller,
@@ -51,14 +52,35 @@ class JobService:
 
     # --- jobs ----------------------------------------------------------------------------
 
-    def create_job(self, request: JobRequest, caller: Caller, *, start: bool = True) -> JobRecord:
-        """A new job from a validated request; queued at once unless ``start`` is False."""
+    def create_job(
+        self,
+        request: JobRequest,
+        caller: Caller,
+        *,
+        start: bool = True,
+        execution_duration: int | None = None,
+        destruction: datetime | None = None,
+    ) -> JobRecord:
+        """A new job from a validated request; queued at once unless ``start`` is False.
+
+        Execution duration and destruction default to the configured ones and are clamped
+        to the configured limits (see ``clamp_execution_duration`` / ``clamp_destruction``).
+        """
         job_id = uuid.uuid4().hex
+        created = utcnow()
+        if execution_duration is None:
+            execution_duration = self.settings.default_execution_duration
+        if destruction is not None:
+            _require_future(destruction)
+        elif self.settings.default_destruction_seconds:
+            destruction = created + timedelta(seconds=self.settings.default_destruction_seconds)
         record = JobRecord(
             job_id=job_id,
             run_id=request.run_id or job_id,
             owner=caller.name,
-            creation_time=utcnow(),
+            creation_time=created,
+            execution_duration=self.clamp_execution_duration(execution_duration),
+            destruction=self.clamp_destruction(destruction, created),
             parameters=JobParameters(
                 command=request.command,
                 environment=request.environment,
@@ -70,9 +92,9 @@ class JobService:
         return self.backend.create(record, start=start)
 
     def get_job(self, job_id: str, caller: Caller) -> JobRecord:
-        """The job, if it exists and the caller may see it; 404 otherwise."""
+        """The job, if it exists, is not past its destruction and the caller may see it."""
         record = self.backend.get(job_id) if is_job_id(job_id) else None
-        if record is None or not caller.may_see(record):
+        if record is None or not caller.may_see(record) or _destroyed(record, _now()):
             raise JobNotFoundError(f"No job with ID {job_id[:64]!r}")
         return record
 
@@ -80,6 +102,8 @@ class JobService:
         """The caller's jobs, oldest first, filtered; ``last`` keeps the newest N, newest first."""
         query = query or ListQuery()
         records = self.backend.list_records(None if caller.admin else caller.name)
+        now = _now()
+        records = [record for record in records if not _destroyed(record, now)]
         if query.phases is not None:
             records = [record for record in records if record.phase in query.phases]
         if query.after is not None:
@@ -95,10 +119,28 @@ class JobService:
         self.get_job(job_id, caller)
         return self.backend.start(job_id)
 
-    def abort_job(self, job_id: str, caller: Caller) -> JobRecord:
-        """Stop a job that has not finished; it ends ``aborted`` with its results kept."""
-        self.get_job(job_id, caller)
-        return self.backend.abort(job_id)
+    def abort_job(self, job_id: str, caller: Caller, *, wait: float = 0.0) -> JobRecord:
+        """Stop a job that has not finished; it ends ``aborted`` with its results kept.
+
+        Aborting an aborted job changes nothing; any other final phase is a conflict (409).
+        With ``wait``, block up to that many seconds (at most ``wait_max_seconds``) until
+        the job has reached its final phase, so that a UWS client sees ABORTED at once.
+        """
+        record = self.get_job(job_id, caller)
+        if record.phase is Phase.ABORTED:
+            return record
+        record = self.backend.abort(job_id)
+        deadline = time.monotonic() + min(wait, float(self.settings.wait_max_seconds))
+        while record.phase not in FINAL_PHASES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.backend.wait_for_change(job_id, record.phase, remaining)
+            current = self.backend.get(job_id)
+            if current is None:
+                break
+            record = current
+        return record
 
     def delete_job(self, job_id: str, caller: Caller) -> None:
         """Stop the job if needed and remove it with its results."""
@@ -109,6 +151,65 @@ class JobService:
         """Change execution duration or destruction."""
         self.get_job(job_id, caller)
         return self.backend.update(job_id, update)
+
+    def clamp_execution_duration(self, seconds: int) -> int | None:
+        """The execution duration a request for ``seconds`` (0 = unlimited) gets.
+
+        With ``max_execution_duration`` set, more than it, or unlimited, becomes the maximum.
+        Unlimited is kept as None.
+        """
+        limit = self.settings.max_execution_duration
+        if limit and (seconds <= 0 or seconds > limit):
+            seconds = limit
+        return seconds if seconds > 0 else None
+
+    def clamp_destruction(self, when: datetime | None, created: datetime) -> datetime | None:
+        """The destruction time a request for ``when`` (None = never) gets, to the second.
+
+        With ``max_destruction_seconds`` set, never or later than creation plus the maximum
+        becomes creation plus the maximum.
+        """
+        limit = self.settings.max_destruction_seconds
+        if limit:
+            latest = created + timedelta(seconds=limit)
+            if when is None or when > latest:
+                when = latest
+        return None if when is None else when.astimezone(UTC).replace(microsecond=0)
+
+    def set_execution_duration(self, job_id: str, caller: Caller, seconds: int) -> JobRecord:
+        """UWS ``EXECUTIONDURATION``: clamped; only before the job runs (409 otherwise)."""
+        self.get_job(job_id, caller)
+        update = JobUpdate(execution_duration=self.clamp_execution_duration(seconds))
+        return self.backend.update(job_id, update)
+
+    def set_destruction(self, job_id: str, caller: Caller, when: datetime) -> JobRecord:
+        """UWS ``DESTRUCTION``: clamped; the job is removed at that time.
+
+        A time already past is refused (400): a skewed client clock must not destroy a job.
+        """
+        record = self.get_job(job_id, caller)
+        _require_future(when)
+        update = JobUpdate(destruction=self.clamp_destruction(when, record.creation_time))
+        return self.backend.update(job_id, update)
+
+    def destroy_expired(self) -> list[str]:
+        """Remove every job past its destruction time with its results; their ids.
+
+        The embedded backend also does this by itself; this use case serves a periodic
+        sweep on backends that do not.
+        """
+        now = _now()
+        destroyed = []
+        for record in self.backend.list_records(None):
+            if not _destroyed(record, now):
+                continue
+            try:
+                self.backend.delete(record.job_id)
+            except JobNotFoundError:
+                continue
+            log.info("destroyed job %s at its destruction time", record.job_id)
+            destroyed.append(record.job_id)
+        return destroyed
 
     def wait_for_job(
         self, job_id: str, caller: Caller, timeout: float, phase: Phase | None = None
@@ -177,3 +278,17 @@ class JobService:
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _require_future(when: datetime) -> None:
+    if when <= _now():
+        raise InvalidRequestError("The destruction time must be in the future")
+
+
+def _destroyed(record: JobRecord, now: datetime) -> bool:
+    """True once the job's destruction time has come: it is gone for every request."""
+    return record.destruction is not None and record.destruction <= now

@@ -21,13 +21,14 @@ from .conventions import (
     ENV_JOB_ID,
     ENV_JOB_OUTPUT_DIR,
     LOG_RESULT_NAME,
+    archive_key,
     manifest_key,
     output_key,
 )
 from .errors import BackendUnavailableError
 from .objectstore.base import ObjectStore, guess_content_type
 
-__all__ = ["OutputFile", "Uploader", "main", "scan_outputs"]
+__all__ = ["OutputFile", "Uploader", "final_record", "main", "scan_outputs"]
 
 log = logging.getLogger("ocps_jobs.sidecar")
 
@@ -91,7 +92,8 @@ class Uploader:
         self.sleep = sleep
         self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
 
-    def _retry(self, action: str, function: Callable[[], T]) -> T:
+    def retry(self, action: str, function: Callable[[], T]) -> T:
+        """Run ``function``, retrying store outages with exponential backoff."""
         delay = self.backoff_seconds
         for attempt in range(1, self.attempts + 1):
             try:
@@ -109,7 +111,7 @@ class Uploader:
     def _upload_one(self, item: OutputFile) -> None:
         checksum = _sha256(item.path)
         key = output_key(self.job_id, item.relative_path)
-        self._retry(
+        self.retry(
             f"upload of {key}",
             lambda: self.store.put_file(key, item.path, guess_content_type(item.relative_path)),
         )
@@ -157,7 +159,7 @@ class Uploader:
         }
         data = json.dumps(manifest, indent=1).encode()
         key = manifest_key(self.job_id)
-        self._retry(
+        self.retry(
             "manifest upload",
             lambda: self.store.put_bytes(key, data, "application/json"),
         )
@@ -179,25 +181,60 @@ def _store_from_environment() -> ObjectStore:
     return S3Store(bucket, endpoint, os.environ.get("OCPS_S3_REGION", "us-east-1"))
 
 
+def final_record(
+    seed: dict[str, Any], manifest: dict[str, Any], exit_code: int | None, stderr_tail: str
+) -> dict[str, Any]:
+    """The archived job record (job.json): the creation-time record, completed by the outcome.
+
+    Exit code 0 is ``completed``, another code ``error`` with the stderr tail, and no exit
+    code at all (the pod was stopped: an abort or a deadline) ``aborted``.
+    """
+    record = dict(seed)
+    record["end_time"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if exit_code == 0:
+        record["phase"], record["error_message"] = "completed", ""
+    elif exit_code is None:
+        record["phase"] = "aborted"
+        record["error_message"] = "The job was stopped before its command finished."
+    else:
+        record["phase"] = "error"
+        detail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
+        record["error_message"] = f"Command exited with code {exit_code}{detail}"
+    record["results"] = [
+        {"key": item["key"], "size": item["size"], "content_type": item["contentType"]}
+        for item in manifest["files"]
+    ]
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run beside the job: upload while it runs, and everything once it has exited.
 
     The main container's wrapper writes ``$OCPS_EXIT_CODE_FILE`` when the command ends;
     the sidecar then makes its final pass. SIGTERM (the pod ending) triggers the final
-    pass too, within the pod's grace period.
+    pass too, within the pod's grace period. The manifest is written after every output
+    file, and the archived record (job.json) after the manifest.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sidecar %(levelname)s %(message)s")
     job_id = os.environ[ENV_JOB_ID]
     output_dir = Path(os.environ[ENV_JOB_OUTPUT_DIR])
-    exit_code_file = Path(
-        os.environ.get("OCPS_EXIT_CODE_FILE", str(output_dir.parent / "exit-code"))
-    )
+    work = output_dir.parent
+    exit_code_file = Path(os.environ.get("OCPS_EXIT_CODE_FILE", str(work / "exit-code")))
     interval = float(os.environ.get("OCPS_UPLOAD_INTERVAL", "10"))
     log_file = os.environ.get("OCPS_LOG_FILE")
+    seed = json.loads(os.environ.get("OCPS_JOB_RECORD") or "null")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Set the event from another thread: the handler runs in the main thread, which may be
+    # holding the event's (non-reentrant) lock inside stop.wait(), and would deadlock.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set).start())
     store = _store_from_environment()
-    uploader = Uploader(store, job_id, output_dir)
+    uploader = Uploader(
+        store,
+        job_id,
+        output_dir,
+        attempts=int(os.environ.get("OCPS_UPLOAD_ATTEMPTS", "6")),
+        backoff_seconds=float(os.environ.get("OCPS_UPLOAD_BACKOFF", "0.5")),
+    )
     while not stop.is_set() and not exit_code_file.exists():
         try:
             uploader.upload_changed()
@@ -211,6 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     extra = {LOG_RESULT_NAME: Path(log_file)} if log_file else None
     manifest = uploader.finish(extra, exitCode=exit_code)
     log.info("uploaded %d files for job %s", len(manifest["files"]), job_id)
+    if seed is not None:
+        stderr_path = work / "stderr"
+        tail = ""
+        if stderr_path.exists():
+            tail = "\n".join(stderr_path.read_text(errors="replace").splitlines()[-20:])
+        record = final_record(seed, manifest, exit_code, tail)
+        data = json.dumps(record, indent=1).encode()
+        uploader.retry(
+            "record upload", lambda: store.put_bytes(archive_key(job_id), data, "application/json")
+        )
     if not stop.is_set():
         stop.wait()  # a native sidecar lives until the pod ends
     return 0

@@ -1,4 +1,8 @@
-"""The embedded default: jobs as local process groups, records as JSON files under the data dir."""
+"""The embedded default: jobs as local process groups, records as JSON files under the data dir.
+
+Destruction: a sweeper thread sleeps until the earliest destruction time and then removes
+each expired job with its results exactly as a DELETE does (no ARCHIVED record is kept).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
 GIT_TIMEOUT_SECONDS = 600
+# The sweeper wakes at least this often, and whenever a destruction time is set.
+SWEEP_MAX_SLEEP_SECONDS = 3600.0
 # Server settings and credentials never reach a job's environment.
 _PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
 
@@ -61,6 +68,7 @@ class LocalBackend:
         self._runs: dict[str, _Run] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._closed = False
+        self._sweep_wakeup = threading.Event()
         self._recover()
         self._workers = [
             threading.Thread(target=self._work, name=f"ocps-job-worker-{n}", daemon=True)
@@ -68,6 +76,10 @@ class LocalBackend:
         ]
         for worker in self._workers:
             worker.start()
+        self._sweeper = threading.Thread(
+            target=self._sweep, name="ocps-destruction-sweeper", daemon=True
+        )
+        self._sweeper.start()
 
     # --- persistence -------------------------------------------------------------------
 
@@ -127,6 +139,8 @@ class LocalBackend:
             self._save(record)
             if start:
                 self._queue.put(record.job_id)
+            if record.destruction is not None:
+                self._sweep_wakeup.set()
             return record.model_copy(deep=True)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -209,6 +223,7 @@ class LocalBackend:
                 record.execution_duration = update.execution_duration
             if not isinstance(update.destruction, Unset):
                 record.destruction = update.destruction
+                self._sweep_wakeup.set()
             self._save(record)
             return record.model_copy(deep=True)
 
@@ -225,6 +240,7 @@ class LocalBackend:
         with self._lock:
             self._closed = True
             runs = list(self._runs.values())
+        self._sweep_wakeup.set()
         for run in runs:
             run.abort_reason = run.abort_reason or "The job manager shut down."
             self._signal_run(run, grace=0)
@@ -232,6 +248,38 @@ class LocalBackend:
             self._queue.put(None)
         for worker in self._workers:
             worker.join(timeout=10)
+        self._sweeper.join(timeout=10)
+
+    # --- destruction ---------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove jobs past their destruction time; sleep until the next one is due."""
+        while True:
+            self._sweep_wakeup.clear()
+            now = datetime.now(UTC)
+            with self._lock:
+                if self._closed:
+                    return
+                times = [
+                    (record.destruction, job_id)
+                    for job_id, record in self._records.items()
+                    if record.destruction is not None
+                ]
+            for when, job_id in times:
+                if when <= now:
+                    try:
+                        self.delete(job_id)
+                    except JobNotFoundError:
+                        continue
+                    except Exception:  # one bad job must not stop the sweeper
+                        log.exception("destruction of job %s failed", job_id)
+                        continue
+                    log.info("destroyed job %s at its destruction time", job_id)
+            upcoming = [when for when, _ in times if when > now]
+            delay = SWEEP_MAX_SLEEP_SECONDS
+            if upcoming:
+                delay = min(delay, max(0.0, (min(upcoming) - now).total_seconds()) + 0.01)
+            self._sweep_wakeup.wait(delay)
 
     # --- execution -----------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ from ..config import Settings
 from ..errors import OCPSError
 from ..objectstore import ObjectStore
 from ..service import JobService
-from .auth import identify
+from .auth import Authenticator
 from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
 from .render import render_error
 from .routing import Context, Route, Router
+from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
+from .uws_xml import render_uws_error
 
 __all__ = [
     "FUNCTION_ROUTES",
@@ -31,10 +33,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FUNCTION_ROUTES: dict[str, list[Route]] = {
-    "create_job": CREATE_JOB_ROUTES,
-    "query_job": QUERY_JOB_ROUTES,
-    "results": RESULTS_ROUTES,
+    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES],
+    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES],
+    "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES],
 }
+
+
+def render_error_for(path: str, error: OCPSError) -> Response:
+    """The one error renderer per interface: text/plain under ``/uws``, JSON elsewhere."""
+    if path == "/uws" or path.startswith("/uws/"):
+        return render_uws_error(error)
+    return render_error(error)
+
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
@@ -53,7 +63,9 @@ def build_store(settings: Settings) -> ObjectStore:
 def build_backend(settings: Settings, store: ObjectStore) -> JobBackend:
     """The configured backend."""
     if settings.backend == "kubernetes":
-        raise OCPSError("The kubernetes backend is not built yet (issue 3)")
+        from ..backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(settings, store)
     from ..backends.local import LocalBackend
 
     return LocalBackend(settings, store)
@@ -99,6 +111,7 @@ class FunctionApp:
         self.router = Router(routes)
         self._factory = service_factory or (lambda: build_service(Settings.from_env()))
         self._service: JobService | None = None
+        self._authenticator: Authenticator | None = None
         self._lock = threading.Lock()
 
     @property
@@ -107,7 +120,9 @@ class FunctionApp:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    self._service = self._factory()
+                    service = self._factory()
+                    self._authenticator = Authenticator(service.settings)
+                    self._service = service
         return self._service
 
     def __call__(self, http_request: Request) -> Response:
@@ -119,25 +134,34 @@ class FunctionApp:
                 request=http_request,
                 service=service,
                 settings=service.settings,
-                caller=identify(http_request, service.settings),
+                caller=self._authenticator.identify(http_request),  # type: ignore[union-attr]
                 params=params,
             )
             return handler(context)
         except OCPSError as error:
-            return render_error(error)
+            return render_error_for(http_request.path, error)
         except HTTPException as error:
             failure = OCPSError(error.description or error.name)
             failure.status, failure.code = error.code or 400, "bad_request"
-            return render_error(failure)
+            return render_error_for(http_request.path, failure)
         except Exception:
             log.exception("unhandled error on %s %s", http_request.method, http_request.path)
-            return render_error(OCPSError("Internal error; it has been logged"))
+            return render_error_for(
+                http_request.path, OCPSError("Internal error; it has been logged")
+            )
 
 
 def create_embedded_app(service: JobService) -> Flask:
     """All three functions' routes in one Flask app (the embedded default)."""
     dispatch = FunctionApp(
-        [*RESULTS_ROUTES, *CREATE_JOB_ROUTES, *QUERY_JOB_ROUTES],
+        [
+            *RESULTS_ROUTES,
+            *CREATE_JOB_ROUTES,
+            *QUERY_JOB_ROUTES,
+            *UWS_RESULTS_ROUTES,
+            *UWS_CREATE_JOB_ROUTES,
+            *UWS_QUERY_JOB_ROUTES,
+        ],
         service_factory=lambda: service,
     )
     app = Flask("ocps_jobs")

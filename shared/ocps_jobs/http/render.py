@@ -7,7 +7,12 @@ from typing import Any
 
 from flask import Response
 
-from ..errors import MethodNotAllowedError, OCPSError, RangeNotSatisfiableError
+from ..errors import (
+    AuthenticationRequiredError,
+    MethodNotAllowedError,
+    OCPSError,
+    RangeNotSatisfiableError,
+)
 from ..models import JobRecord, ResultFile, format_seed_time
 from ..objectstore import ObjectStore
 from ..resultids import encode_result_id
@@ -31,6 +36,8 @@ def render_error(error: OCPSError) -> Response:
     )
     if isinstance(error, MethodNotAllowedError):
         response.headers["Allow"] = ", ".join(error.allowed)
+    if isinstance(error, AuthenticationRequiredError):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ocps-jobs"'
     if isinstance(error, RangeNotSatisfiableError):
         response.headers["Content-Range"] = f"bytes */{error.size}"
     return response

@@ -1,0 +1,254 @@
+"""Pure builder of the Kubernetes Job for a job record: data in, ``V1Job`` out."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from kubernetes.client import (
+    V1Container,
+    V1EmptyDirVolumeSource,
+    V1EnvFromSource,
+    V1EnvVar,
+    V1Job,
+    V1JobSpec,
+    V1ObjectMeta,
+    V1PersistentVolumeClaimVolumeSource,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1ResourceRequirements,
+    V1SecretEnvSource,
+    V1Volume,
+    V1VolumeMount,
+)
+
+from .config import Settings
+from .conventions import (
+    ANNOTATIONS,
+    CONTAINER_GIT_CLONE,
+    CONTAINER_JOB,
+    CONTAINER_UPLOADER,
+    LABEL_JOB_ID,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER,
+    LOG_RESULT_NAME,
+    MANAGED_BY,
+    job_name,
+)
+from .errors import PayloadTooLargeError
+from .jobenv import job_environment
+from .models import JobRecord
+
+__all__ = [
+    "ANNOTATION_BUDGET",
+    "GIT_CLONE_SCRIPT",
+    "WRAPPER_SCRIPT",
+    "build_job",
+    "job_annotations",
+    "job_paths",
+    "owner_label",
+]
+
+# Kubernetes refuses annotations over 256 KiB in total; leave room for kubectl's own.
+ANNOTATION_BUDGET = 256 * 1024 - 8 * 1024
+
+# The main container: run the command with bash, keep stdout+stderr as a result file,
+# record the exit code for the uploader and a termination message for the error summary.
+# The command arrives as "$1", never interpolated into this text.
+WRAPPER_SCRIPT = r"""
+work="${JOB_OUTPUT_DIR%/out}"
+mkdir -p "$JOB_OUTPUT_DIR"
+log="$work/ocps-job.log"
+/bin/bash -c "$1" > >(tee -a "$log") 2> >(tee -a "$log" "$work/stderr" >&2)
+code=$?
+wait
+if [ "$code" -ne 0 ]; then
+  { echo "Command exited with code $code:"; tail -n 20 "$work/stderr" 2>/dev/null; } \
+    | tail -c 3500 > /dev/termination-log
+fi
+echo "$code" > "$work/exit-code.tmp" && mv "$work/exit-code.tmp" "$work/exit-code"
+exit "$code"
+""".strip()
+
+# The clone init container: the URL and ref come from the environment, never the script.
+GIT_CLONE_SCRIPT = r"""
+set -o pipefail
+git -c protocol.ext.allow=never clone --quiet -- "$SRC_GIT_URL" "$JOB_SOURCE_DIR" 2>&1 \
+  | tail -c 3000 > /dev/termination-log || exit 1
+if [ -n "$GIT_COMMIT_REF" ]; then
+  git -C "$JOB_SOURCE_DIR" checkout --quiet "$GIT_COMMIT_REF" -- 2>&1 \
+    | tail -c 3000 > /dev/termination-log || exit 1
+fi
+: > /dev/termination-log
+""".strip()
+
+_WORK_VOLUME = "work"
+
+
+def job_paths(job_id: str, settings: Settings) -> tuple[str, str, str]:
+    """Work folder, ``$JOB_OUTPUT_DIR`` and ``$JOB_SOURCE_DIR`` inside the pod."""
+    work = f"{settings.job_output_root.rstrip('/')}/{job_id}"
+    return work, f"{work}/out", f"{work}/src"
+
+
+def owner_label(owner: str) -> str:
+    """A label value for the owner: the name itself when it is a valid label value."""
+    if re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?", owner):
+        return owner
+    return "sha256-" + hashlib.sha256(owner.encode()).hexdigest()[:56]
+
+
+def job_annotations(record: JobRecord) -> dict[str, str]:
+    """All job metadata, under one prefix; 413 when it would not fit Kubernetes' budget."""
+    annotations = {
+        ANNOTATIONS.RUN_ID: record.run_id,
+        ANNOTATIONS.OWNER: record.owner,
+        ANNOTATIONS.CREATION_TIME: record.creation_time.isoformat(),
+        ANNOTATIONS.PARAMETERS: record.parameters.model_dump_json(),
+    }
+    if record.execution_duration:
+        annotations[ANNOTATIONS.EXECUTION_DURATION] = str(record.execution_duration)
+    if record.destruction is not None:
+        annotations[ANNOTATIONS.DESTRUCTION] = record.destruction.isoformat()
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in annotations.items())
+    if size > ANNOTATION_BUDGET:
+        raise PayloadTooLargeError(
+            f"The job's metadata is {size} bytes; Kubernetes annotations hold at most "
+            f"{ANNOTATION_BUDGET} bytes"
+        )
+    return annotations
+
+
+def _archive_seed(record: JobRecord) -> str:
+    """The record the uploader completes and archives as job.json (no environment copy)."""
+    return record.model_dump_json(exclude={"environment"})
+
+
+def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
+    """The ``batch/v1`` Job running ``record``; ``suspend`` keeps a PENDING job from starting."""
+    job_id = record.job_id
+    work, output_dir, source_dir = job_paths(job_id, settings)
+    environment = job_environment(
+        job_id, record.parameters, settings, output_dir=output_dir, source_dir=source_dir
+    )
+    record.environment = environment
+    labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_JOB_ID: job_id,
+        LABEL_OWNER: owner_label(record.owner),
+    }
+    work_mount = V1VolumeMount(name=_WORK_VOLUME, mount_path=work)
+    data_mounts = [
+        V1VolumeMount(
+            name=f"data-{name.lower()}", mount_path=settings.data_dirs[name], read_only=True
+        )
+        for name in sorted(settings.data_volume_claims)
+        if name in settings.data_dirs
+    ]
+    volumes = [V1Volume(name=_WORK_VOLUME, empty_dir=V1EmptyDirVolumeSource())] + [
+        V1Volume(
+            name=f"data-{name.lower()}",
+            persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                claim_name=settings.data_volume_claims[name], read_only=True
+            ),
+        )
+        for name in sorted(settings.data_volume_claims)
+        if name in settings.data_dirs
+    ]
+    job_env = [V1EnvVar(name=entry.name, value=entry.value) for entry in environment]
+    image = f"{settings.job_image}:{settings.job_image_tag}"
+    resources = V1ResourceRequirements(
+        requests={"cpu": settings.job_cpu_request, "memory": settings.job_memory_request},
+        limits={
+            key: value
+            for key, value in (
+                ("cpu", settings.job_cpu_limit),
+                ("memory", settings.job_memory_limit),
+            )
+            if value
+        }
+        or None,
+    )
+    uploader_env = [
+        V1EnvVar(name="JOB_ID", value=job_id),
+        V1EnvVar(name="JOB_OUTPUT_DIR", value=output_dir),
+        V1EnvVar(name="OCPS_EXIT_CODE_FILE", value=f"{work}/exit-code"),
+        V1EnvVar(name="OCPS_LOG_FILE", value=f"{work}/{LOG_RESULT_NAME}"),
+        V1EnvVar(name="OCPS_BUCKET", value=settings.bucket),
+        V1EnvVar(name="OCPS_S3_REGION", value=settings.s3_region),
+        V1EnvVar(name="OCPS_UPLOAD_INTERVAL", value=str(settings.upload_interval_seconds)),
+        V1EnvVar(name="OCPS_JOB_RECORD", value=_archive_seed(record)),
+    ]
+    if settings.s3_endpoint:
+        uploader_env.append(V1EnvVar(name="OCPS_S3_ENDPOINT", value=settings.s3_endpoint))
+    uploader = V1Container(
+        name=CONTAINER_UPLOADER,
+        image=settings.sidecar_image,
+        command=["python", "-m", "ocps_jobs.sidecar"],
+        env=uploader_env,
+        env_from=[
+            V1EnvFromSource(secret_ref=V1SecretEnvSource(name=settings.s3_credentials_secret))
+        ],
+        volume_mounts=[work_mount],
+        restart_policy="Always",
+        resources=V1ResourceRequirements(requests={"cpu": "100m", "memory": "128Mi"}),
+    )
+    init_containers = [uploader]
+    if record.parameters.url:
+        init_containers.append(
+            V1Container(
+                name=CONTAINER_GIT_CLONE,
+                image=image,
+                command=["/bin/bash", "-c", GIT_CLONE_SCRIPT],
+                env=[
+                    e
+                    for e in job_env
+                    if e.name in ("JOB_SOURCE_DIR", "SRC_GIT_URL", "GIT_COMMIT_REF")
+                ]
+                + [V1EnvVar(name="GIT_TERMINAL_PROMPT", value="0")],
+                volume_mounts=[work_mount],
+                termination_message_policy="File",
+            )
+        )
+    main = V1Container(
+        name=CONTAINER_JOB,
+        image=image,
+        command=["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", record.parameters.command],
+        env=job_env,
+        volume_mounts=[work_mount, *data_mounts],
+        resources=resources,
+        termination_message_policy="FallbackToLogsOnError",
+    )
+    replicas = record.parameters.replicas
+    return V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=V1ObjectMeta(
+            name=job_name(job_id),
+            namespace=settings.namespace,
+            labels=labels,
+            annotations=job_annotations(record),
+        ),
+        spec=V1JobSpec(
+            backoff_limit=0,
+            completions=replicas,
+            parallelism=replicas,
+            active_deadline_seconds=record.execution_duration or None,
+            ttl_seconds_after_finished=settings.job_ttl_seconds,
+            suspend=suspend,
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(
+                    labels=labels, annotations=dict(settings.pod_annotations) or None
+                ),
+                spec=V1PodSpec(
+                    restart_policy="Never",
+                    service_account_name=settings.job_service_account,
+                    automount_service_account_token=False,
+                    enable_service_links=False,
+                    init_containers=init_containers,
+                    containers=[main],
+                    volumes=volumes,
+                ),
+            ),
+        ),
+    )

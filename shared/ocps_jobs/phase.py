@@ -1,0 +1,106 @@
+"""Pure mapping from a Kubernetes Job (API JSON) and its Pods to a UWS phase and times."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB
+from .models import Phase
+
+__all__ = ["JobStatus", "job_status", "parse_time"]
+
+# Kubernetes marks a Job that ran past activeDeadlineSeconds Failed with this reason; for UWS
+# that is the job being aborted for running over its executionDuration.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the service reports about a Job's execution."""
+
+    phase: Phase
+    start_time: datetime | None
+    end_time: datetime | None
+    error_message: str = ""
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time as the API writes it (``2026-11-25T09:00:00Z``)."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _termination_message(pods: list[dict[str, Any]]) -> str:
+    """The first failure a pod reports: the git clone's, then the job container's."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        statuses = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
+        for wanted in (CONTAINER_GIT_CLONE, CONTAINER_JOB):
+            for container in statuses:
+                if container.get("name") != wanted:
+                    continue
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated and terminated.get("exitCode", 0) != 0:
+                    message = (terminated.get("message") or "").strip()
+                    code = terminated.get("exitCode")
+                    prefix = "git clone failed" if wanted == CONTAINER_GIT_CLONE else ""
+                    detail = message or f"{wanted} exited with code {code}"
+                    return f"{prefix}: {detail}" if prefix else detail
+    return ""
+
+
+def job_status(
+    job: dict[str, Any], pods: list[dict[str, Any]], *, manifest_exists: bool
+) -> JobStatus:
+    """Phase from conditions, the abort annotation and the pods; never ``unknown`` in transit.
+
+    - abort requested (annotation) → ``aborted``, ended when it was requested;
+    - ``Failed`` with ``DeadlineExceeded`` → ``aborted`` (ran over its executionDuration);
+    - ``Failed`` otherwise → ``error`` with the failing container's termination message;
+    - ``Complete`` → ``completed`` once the upload manifest exists, ``executing`` until then;
+    - suspended → ``pending`` (UWS jobs wait for PHASE=RUN);
+    - a Pod running → ``executing``; otherwise ``queued``.
+    """
+    metadata = job.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    status = job.get("status") or {}
+    start = parse_time(status.get("startTime"))
+    aborted_at = annotations.get(ANNOTATIONS.ABORT_REQUESTED)
+    if aborted_at:
+        reason = annotations.get(ANNOTATIONS.ABORT_REASON) or "Aborted by request."
+        return JobStatus(Phase.ABORTED, start, parse_time(aborted_at), reason)
+    failed = _condition(job, "Failed")
+    if failed is not None:
+        ended = parse_time(failed.get("lastTransitionTime"))
+        if failed.get("reason") == DEADLINE_EXCEEDED:
+            seconds = (job.get("spec") or {}).get("activeDeadlineSeconds")
+            message = f"The job ran over its execution duration of {seconds} s."
+            return JobStatus(Phase.ABORTED, start, ended, message)
+        message = _termination_message(pods) or failed.get("message") or "The job failed."
+        return JobStatus(Phase.ERROR, start, ended, message)
+    complete = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
+    if complete is not None:
+        if not manifest_exists:
+            return JobStatus(Phase.EXECUTING, start, None)
+        completed = _condition(job, "Complete") or complete
+        ended = parse_time(status.get("completionTime")) or parse_time(
+            completed.get("lastTransitionTime")
+        )
+        return JobStatus(Phase.COMPLETED, start, ended)
+    if (job.get("spec") or {}).get("suspend"):
+        return JobStatus(Phase.PENDING, None, None)
+    if any((pod.get("status") or {}).get("phase") == "Running" for pod in pods):
+        return JobStatus(Phase.EXECUTING, start, None)
+    return JobStatus(Phase.QUEUED, None, None)

@@ -1,0 +1,408 @@
+"""The Kubernetes backend on the real test control plane (KWOK runs the pods)."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+from flask.testing import FlaskClient
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from ocps_jobs.backends import JobUpdate
+from ocps_jobs.conventions import ANNOTATIONS, job_name
+from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
+from ocps_jobs.models import Caller, JobRequest, Phase
+from ocps_jobs.service import JobService, ListQuery
+from ocps_jobs.sidecar import Uploader, final_record
+from tests.cluster.conftest import ControlPlane, cluster_settings
+from tests.helpers import wait_until
+
+ANYONE = Caller()
+
+
+def kube_job(kube: k8s.ApiClient, namespace: str, job_id: str) -> k8s.V1Job:
+    return k8s.BatchV1Api(kube).read_namespaced_job(job_name(job_id), namespace)
+
+
+def job_condition(kube: k8s.ApiClient, namespace: str, job_id: str, kind: str) -> bool:
+    job = kube_job(kube, namespace, job_id)
+    return any(c.type == kind and c.status == "True" for c in job.status.conditions or [])
+
+
+def act_as_sidecar(service: JobService, job_id: str, tmp_path: Path, exit_code: int = 0) -> dict:
+    """What the uploader does in the pod: outputs, then the manifest, then job.json."""
+    output = tmp_path / job_id / "out"
+    (output / "sub").mkdir(parents=True)
+    (output / "result.txt").write_text(f"result of {job_id}\n")
+    (output / "sub" / "table.csv").write_text("a,b\n1,2\n")
+    uploader = Uploader(service.store, job_id, output)
+    manifest = uploader.finish(exitCode=exit_code)
+    seed = service.backend.get(job_id)
+    assert seed is not None
+    record = final_record(
+        json.loads(seed.model_dump_json(exclude={"environment"})), manifest, exit_code, ""
+    )
+    service.store.put_bytes(
+        f"jobs/{job_id}/job.json", json.dumps(record).encode(), "application/json"
+    )
+    return manifest
+
+
+def test_created_job_reads_back_field_by_field(
+    cluster_service: JobService, kube: k8s.ApiClient, namespace: str
+) -> None:
+    request = JobRequest(
+        command="cd $JOB_SOURCE_DIR && bash bin/pipetask.sh 'a: b' # c",
+        run_id="run 42",
+        environment=[{"name": "PIPE_ARGS", "value": "x\ny: 'z'"}],
+        url="https://github.com/lsst-dm/uws-api-server",
+        commit_ref="tickets/DM-1",
+    )
+    record = cluster_service.create_job(request, Caller(name="ocps-csc"))
+    job = kube_job(kube, namespace, record.job_id)
+    expected = build_job(record.model_copy(deep=True), cluster_service.settings, suspend=False)
+    sanitize = kube.sanitize_for_serialization
+    assert sanitize(job.metadata.labels) == sanitize(expected.metadata.labels)
+    assert job.metadata.labels == {
+        "app.kubernetes.io/managed-by": "ocps-jobs",
+        "ocps.lsst.io/job-id": record.job_id,
+        "ocps.lsst.io/owner": "ocps-csc",
+    }
+    annotations = job.metadata.annotations
+    assert annotations[ANNOTATIONS.RUN_ID] == "run 42"
+    assert annotations[ANNOTATIONS.OWNER] == "ocps-csc"
+    assert json.loads(annotations[ANNOTATIONS.PARAMETERS])["command"] == request.command
+    spec = job.spec
+    assert spec.backoff_limit == 0
+    assert spec.ttl_seconds_after_finished == 3600
+    assert spec.active_deadline_seconds is None
+    assert spec.suspend is False
+    pod = spec.template.spec
+    assert pod.restart_policy == "Never"
+    assert pod.automount_service_account_token is False
+    assert [c.name for c in pod.init_containers] == ["uploader", "git-clone"]
+    uploader, clone = pod.init_containers
+    assert uploader.restart_policy == "Always"
+    assert uploader.command == ["python", "-m", "ocps_jobs.sidecar"]
+    assert uploader.env_from[0].secret_ref.name == "ocps-jobs-s3"
+    assert clone.command == ["/bin/bash", "-c", GIT_CLONE_SCRIPT]
+    assert {e.name: e.value for e in clone.env}["SRC_GIT_URL"] == request.url
+    (main,) = pod.containers
+    assert main.command == ["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", request.command]
+    assert main.image == "lsstsqre/centos:d_latest"
+    env = [(e.name, e.value) for e in main.env]
+    work = f"/uws/jobs/{record.job_id}"
+    assert env == [
+        ("JOB_ID", record.job_id),
+        ("JOB_OUTPUT_DIR", f"{work}/out"),
+        ("JOB_SOURCE_DIR", f"{work}/src"),
+        ("SRC_GIT_URL", request.url),
+        ("GIT_COMMIT_REF", "tickets/DM-1"),
+        ("PIPE_ARGS", "x\ny: 'z'"),
+    ]
+    assert main.termination_message_policy == "FallbackToLogsOnError"
+    assert main.resources.requests == {"cpu": "500m", "memory": "1Gi"}
+    # What the API returns for the job is what was asked for.
+    answered = cluster_service.get_job(record.job_id, Caller(name="ocps-csc"))
+    assert answered.run_id == "run 42"
+    assert answered.parameters.command == request.command
+    assert [(e.name, e.value) for e in answered.environment] == env
+
+
+def test_success_stays_executing_until_the_manifest_is_uploaded(
+    cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    client = create_embedded_app(cluster_service).test_client()
+    created = client.put("/api/v1/job", json={"command": "echo hi > $JOB_OUTPUT_DIR/out.txt"})
+    assert created.status_code == 200
+    job_id = created.get_json()["jobId"]
+    phase = lambda: client.get(f"/api/v1/job/{job_id}/phase").get_json()  # noqa: E731
+    seen = set()
+    wait_until(lambda: seen.add(phase()) or job_condition(kube, namespace, job_id, "Complete"))
+    seen.add(phase())
+    assert "executing" in seen
+    assert "unknown" not in seen
+    time.sleep(1)
+    assert phase() == "executing"  # Complete, but nothing uploaded yet
+    assert client.get(f"/api/v1/job/{job_id}/results").get_json() == []
+
+    act_as_sidecar(cluster_service, job_id, tmp_path)
+    wait_until(lambda: phase() == "completed", timeout=15)
+    job = client.get(f"/api/v1/job/{job_id}").get_json()
+    condition_time = kube_job(kube, namespace, job_id).status.completion_time
+    assert job["endTime"] == str(condition_time.replace(microsecond=0))
+    names = sorted(item["uri"].split("/out/")[1] for item in job["results"])
+    assert names == ["result.txt", "sub/table.csv"]
+    listed = client.get("/api/v1/job?phase=completed").get_json()
+    assert [item["jobId"] for item in listed] == [job_id]
+    result = next(item for item in job["results"] if item["uri"].endswith("result.txt"))
+    assert client.get(f"/api/v1/job/result/{result['id']}").data == f"result of {job_id}\n".encode()
+
+
+def test_failing_pod_is_error_with_its_message(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane,
+        namespace,
+        s3_endpoint,
+        bucket,
+        tmp_path,
+        pod_annotations={
+            "ocps.test/exit-code": "3",
+            "ocps.test/exit-message": "Command exited with code 3:\nboom",
+        },
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    record = service.create_job(JobRequest(command="exit 3"), ANYONE)
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"))
+    job = service.get_job(record.job_id, ANYONE)
+    assert job.phase is Phase.ERROR
+    assert job.error_message == "Command exited with code 3:\nboom"
+    assert job.end_time is not None
+
+
+def test_failed_git_clone_is_error_with_git_message(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane,
+        namespace,
+        s3_endpoint,
+        bucket,
+        tmp_path,
+        pod_annotations={
+            "ocps.test/init-exit-code": "128",
+            "ocps.test/init-container": "git-clone",
+            "ocps.test/exit-message": "fatal: repository not found",
+        },
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    record = service.create_job(
+        JobRequest(command="true", url="https://example.org/missing.git"), ANYONE
+    )
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"))
+    job = service.get_job(record.job_id, ANYONE)
+    assert job.phase is Phase.ERROR
+    assert job.error_message.startswith("git clone failed: ")
+    assert "repository not found" in job.error_message
+
+
+def test_abort_stops_the_pods_and_reports_aborted(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane,
+        namespace,
+        s3_endpoint,
+        bucket,
+        tmp_path,
+        pod_annotations={"ocps.test/run-seconds": "60"},
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    record = service.create_job(JobRequest(command="sleep 60"), ANYONE)
+    wait_until(lambda: service.get_job(record.job_id, ANYONE).phase is Phase.EXECUTING)
+    aborted = service.abort_job(record.job_id, ANYONE)
+    assert aborted.phase is Phase.ABORTED
+    core = k8s.CoreV1Api(kube)
+    selector = f"ocps.lsst.io/job-id={record.job_id}"
+    wait_until(lambda: not core.list_namespaced_pod(namespace, label_selector=selector).items)
+    job = service.get_job(record.job_id, ANYONE)
+    assert job.phase is Phase.ABORTED
+    assert job.end_time is not None
+    assert kube_job(kube, namespace, record.job_id).spec.suspend is True
+    assert service.abort_job(record.job_id, ANYONE).phase is Phase.ABORTED  # idempotent
+
+
+def test_execution_duration_overrun_is_aborted(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane,
+        namespace,
+        s3_endpoint,
+        bucket,
+        tmp_path,
+        pod_annotations={"ocps.test/run-seconds": "60"},
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    record = service.create_job(JobRequest(command="sleep 60"), ANYONE, start=False)
+    assert service.get_job(record.job_id, ANYONE).phase is Phase.PENDING
+    assert not k8s.CoreV1Api(kube).list_namespaced_pod(namespace).items
+    service.update_job(record.job_id, ANYONE, JobUpdate(execution_duration=2))
+    assert kube_job(kube, namespace, record.job_id).spec.active_deadline_seconds == 2
+    service.start_job(record.job_id, ANYONE)
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"), timeout=30)
+    job = service.get_job(record.job_id, ANYONE)
+    assert job.phase is Phase.ABORTED
+    assert "execution duration of 2 s" in job.error_message
+
+
+def test_ttl_deleted_job_is_answered_from_its_archive(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane, namespace, s3_endpoint, bucket, tmp_path, job_ttl_seconds=3
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    client: FlaskClient = create_embedded_app(service).test_client()
+    job_id = client.put("/api/v1/job", json={"command": "true", "run_id": "kept"}).get_json()[
+        "jobId"
+    ]
+    wait_until(lambda: job_condition(kube, namespace, job_id, "Complete"))
+    act_as_sidecar(service, job_id, tmp_path)
+    before = client.get(f"/api/v1/job/{job_id}").get_json()
+    assert before["phase"] == "completed"
+
+    def gone() -> bool:
+        try:
+            kube_job(kube, namespace, job_id)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_until(gone, timeout=60, interval=0.5)
+    after = client.get(f"/api/v1/job/{job_id}").get_json()
+    assert after["phase"] == "completed"
+    assert after["runId"] == "kept"
+    assert after["results"] == before["results"]
+    result = next(item for item in after["results"] if item["uri"].endswith("result.txt"))
+    assert client.get(f"/api/v1/job/result/{result['id']}").status_code == 200
+    assert client.delete(f"/api/v1/job/{job_id}").status_code == 200
+    assert client.get(f"/api/v1/job/{job_id}").status_code == 404
+
+
+def test_delete_removes_job_pods_and_objects(
+    cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    client = create_embedded_app(cluster_service).test_client()
+    job_id = client.put("/api/v1/job", json={"command": "true"}).get_json()["jobId"]
+    wait_until(lambda: job_condition(kube, namespace, job_id, "Complete"))
+    act_as_sidecar(cluster_service, job_id, tmp_path)
+    assert cluster_service.store.list_objects(f"jobs/{job_id}/")
+    assert client.delete(f"/api/v1/job/{job_id}").get_json()["status"] == "ok"
+    core = k8s.CoreV1Api(kube)
+    wait_until(
+        lambda: (
+            not core.list_namespaced_pod(
+                namespace, label_selector=f"ocps.lsst.io/job-id={job_id}"
+            ).items
+        )
+    )
+    assert cluster_service.store.list_objects(f"jobs/{job_id}/") == []
+    assert client.get(f"/api/v1/job/{job_id}").status_code == 404
+
+
+def test_two_thousand_jobs_listed_with_a_phase_filter(
+    cluster_service: JobService, namespace: str
+) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pending = list(
+            pool.map(
+                lambda n: (
+                    cluster_service.create_job(
+                        JobRequest(command=f"echo {n}"), ANYONE, start=False
+                    ).job_id
+                ),
+                range(1995),
+            )
+        )
+    running = [
+        cluster_service.create_job(JobRequest(command="true"), ANYONE).job_id for _ in range(5)
+    ]
+    started = time.monotonic()
+    listed = cluster_service.list_jobs(ANYONE, ListQuery(phases=frozenset({Phase.PENDING})))
+    elapsed = time.monotonic() - started
+    assert sorted(record.job_id for record in listed) == sorted(pending)
+    others = cluster_service.list_jobs(
+        ANYONE, ListQuery(phases=frozenset({Phase.QUEUED, Phase.EXECUTING}))
+    )
+    assert {record.job_id for record in others} <= set(running)
+    assert len(cluster_service.list_jobs(ANYONE)) == 2000
+    print(f"listed 2,000 Jobs with a phase filter in {elapsed:.2f} s")
+
+
+def test_oversized_metadata_is_413_not_an_apiserver_error(cluster_service: JobService) -> None:
+    client = create_embedded_app(cluster_service).test_client()
+    environment = [{"name": f"V{n}", "value": "x" * 1000} for n in range(250)]
+    response = client.put("/api/v1/job", json={"command": "true", "environment": environment})
+    assert response.status_code == 413
+    assert "annotations" in response.get_json()["message"]
+    assert client.get("/api/v1/job").get_json() == []
+
+
+def test_functions_in_process_on_the_cluster(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kube: k8s.ApiClient,
+) -> None:
+    from functions_framework import create_app
+
+    from tests.conftest import FUNCTIONS
+
+    for name, value in {
+        "OCPS_BACKEND": "kubernetes",
+        "OCPS_NAMESPACE": namespace,
+        "OCPS_KUBECONFIG": str(control_plane.kubeconfig),
+        "OCPS_S3_ENDPOINT": s3_endpoint,
+        "OCPS_BUCKET": bucket,
+        "OCPS_AUTH_TOKENS": '{"csc-secret-token": "ocps-csc"}',
+    }.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)  # operator's job
+    create = create_app("create_job", str(FUNCTIONS / "create_job" / "main.py")).test_client()
+    query = create_app("query_job", str(FUNCTIONS / "query_job" / "main.py")).test_client()
+    # Deployed, authentication is on by default: the CSC sends its configured token.
+    assert create.put("/api/v1/job", json={"command": "true"}).status_code == 401
+    token = {"Authorization": "Bearer csc-secret-token"}
+    job = create.put("/api/v1/job", json={"command": "true", "run_id": "fn"}, headers=token)
+    job = job.get_json()
+    assert job["ownerId"] == "ocps-csc"
+    answered = query.get(f"/api/v1/job/{job['jobId']}", headers=token).get_json()
+    assert answered["runId"] == "fn"
+    assert answered["ownerId"] == "ocps-csc"
+    assert (
+        kube_job(kube, namespace, job["jobId"]).metadata.labels["ocps.lsst.io/job-id"]
+        == job["jobId"]
+    )
+    assert create.delete(f"/api/v1/job/{job['jobId']}", headers=token).status_code == 200
+    assert query.get(f"/api/v1/job/{job['jobId']}", headers=token).status_code == 404
