@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     auth_tokens_file: Path | None = None
     auth_header: str | None = None
     admin_users: frozenset[str] = frozenset()
+    # Browser origins allowed to call the API (CORS); none unless configured, "*" for any.
+    cors_origins: frozenset[str] = frozenset()
 
     # Request limits (documented in the README).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -126,7 +126,32 @@ class FunctionApp:
         return self._service
 
     def __call__(self, http_request: Request) -> Response:
-        """Answer one request; every failure becomes a JSON error, never a traceback."""
+        """Answer one request, with CORS headers where configured."""
+        origin = http_request.headers.get("Origin")
+        if origin is None:
+            return self._answer(http_request)
+        allowed = self.service.settings.cors_origins
+        if origin not in allowed and "*" not in allowed:
+            return self._answer(http_request)
+        if (
+            http_request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in http_request.headers
+        ):
+            response = Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Range"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = self._answer(http_request)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = (
+            "Location, Content-Range, Content-Disposition, Content-Length"
+        )
+        response.headers.add("Vary", "Origin")
+        return response
+
+    def _answer(self, http_request: Request) -> Response:
+        """Dispatch; every failure becomes an error document, never a traceback."""
         try:
             handler, params = self.router.match(http_request.method, http_request.path)
             service = self.service
