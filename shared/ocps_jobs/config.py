@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     def bearer_tokens(self) -> dict[str, str]:
         """Configured tokens, from the setting and (mounted Secret) file, read when called."""
         tokens = dict(self.auth_tokens)
-        if self.auth_tokens_file is not None:
+        if self.auth_tokens_file is not None and self.auth_tokens_file.is_file():
             for line in self.auth_tokens_file.read_text().splitlines():
                 token, separator, identity = line.strip().partition(" ")
                 if token and not token.startswith("#") and separator:
