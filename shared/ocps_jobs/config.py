@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # Operator-chosen annotations on every job pod (mesh opt-outs, test-cluster behaviour).
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     upload_interval_seconds: int = Field(default=30, ge=1)
+    # Native sidecars stop when the job's command ends: the final upload must fit in here.
+    job_termination_grace_seconds: int = Field(default=300, ge=30)
     s3_credentials_secret: str = "ocps-jobs-s3"  # noqa: S105 - a Secret's name
 
     # Authentication. Off by default on the embedded backend (which binds to loopback),

@@ -242,6 +242,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
                 ),
                 spec=V1PodSpec(
                     restart_policy="Never",
+                    termination_grace_period_seconds=settings.job_termination_grace_seconds,
                     service_account_name=settings.job_service_account,
                     automount_service_account_token=False,
                     enable_service_links=False,

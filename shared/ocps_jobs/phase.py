@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB
+from .conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB, CONTAINER_UPLOADER
 from .models import Phase
 
 __all__ = ["JobStatus", "job_status", "parse_time"]
@@ -61,6 +61,21 @@ def _termination_message(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _uploader_failure(pods: list[dict[str, Any]]) -> str:
+    """A message when the uploader sidecar of a pod ended with an error."""
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if container.get("name") != CONTAINER_UPLOADER:
+                continue
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode", 0) != 0:
+                return (
+                    "The job's results could not be uploaded "
+                    f"(uploader exited with code {terminated['exitCode']})."
+                )
+    return ""
+
+
 def job_status(
     job: dict[str, Any], pods: list[dict[str, Any]], *, manifest_exists: bool
 ) -> JobStatus:
@@ -69,7 +84,8 @@ def job_status(
     - abort requested (annotation) → ``aborted``, ended when it was requested;
     - ``Failed`` with ``DeadlineExceeded`` → ``aborted`` (ran over its executionDuration);
     - ``Failed`` otherwise → ``error`` with the failing container's termination message;
-    - ``Complete`` → ``completed`` once the upload manifest exists, ``executing`` until then;
+    - ``Complete`` → ``completed`` once the upload manifest exists, ``executing`` until then,
+      ``error`` if the uploader sidecar failed;
     - suspended → ``pending`` (UWS jobs wait for PHASE=RUN);
     - a Pod running → ``executing``; otherwise ``queued``.
     """
@@ -93,6 +109,10 @@ def job_status(
     complete = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
     if complete is not None:
         if not manifest_exists:
+            failure = _uploader_failure(pods)
+            if failure:
+                ended = parse_time(status.get("completionTime"))
+                return JobStatus(Phase.ERROR, start, ended, failure)
             return JobStatus(Phase.EXECUTING, start, None)
         completed = _condition(job, "Complete") or complete
         ended = parse_time(status.get("completionTime")) or parse_time(

@@ -91,6 +91,7 @@ class Uploader:
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
         self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
+        self._present: set[str] = set()  # files seen by the latest scan
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -98,6 +99,8 @@ class Uploader:
         for attempt in range(1, self.attempts + 1):
             try:
                 return function()
+            except FileNotFoundError:
+                raise  # a vanished file does not come back by retrying
             except (BackendUnavailableError, OSError) as error:
                 if attempt == self.attempts:
                     raise
@@ -109,12 +112,19 @@ class Uploader:
         raise AssertionError("unreachable")
 
     def _upload_one(self, item: OutputFile) -> None:
-        checksum = _sha256(item.path)
         key = output_key(self.job_id, item.relative_path)
-        self.retry(
-            f"upload of {key}",
-            lambda: self.store.put_file(key, item.path, guess_content_type(item.relative_path)),
-        )
+
+        def upload() -> str:
+            checksum = _sha256(item.path)
+            self.store.put_file(key, item.path, guess_content_type(item.relative_path))
+            return checksum
+
+        try:
+            checksum = self.retry(f"upload of {key}", upload)
+        except FileNotFoundError:
+            log.info("%s disappeared before it could be uploaded", item.relative_path)
+            self._present.discard(item.relative_path)
+            return
         self._uploaded[item.relative_path] = (item.size, item.mtime_ns, checksum)
 
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
@@ -124,6 +134,7 @@ class Uploader:
             if path.is_file():
                 stat = path.stat()
                 items.append(OutputFile(relative, str(path), stat.st_size, stat.st_mtime_ns))
+        self._present = {item.relative_path for item in items}
         changed = [
             item
             for item in items
@@ -138,7 +149,10 @@ class Uploader:
         return len(changed)
 
     def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
-        """Final pass, then the manifest: its presence means every listed file is in the store."""
+        """Final pass, then the manifest: its presence means every listed file is in the store.
+
+        Files the job deleted after an earlier pass uploaded them are not results.
+        """
         self.upload_changed(extra)
         files = [
             {
@@ -149,6 +163,7 @@ class Uploader:
                 "contentType": guess_content_type(relative),
             }
             for relative, (size, _mtime, checksum) in sorted(self._uploaded.items())
+            if relative in self._present
         ]
         manifest = {
             "version": 1,

@@ -406,3 +406,33 @@ def test_functions_in_process_on_the_cluster(
     )
     assert create.delete(f"/api/v1/job/{job['jobId']}", headers=token).status_code == 200
     assert query.get(f"/api/v1/job/{job['jobId']}", headers=token).status_code == 404
+
+
+def test_failed_upload_is_error_not_executing_forever(
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    kube: k8s.ApiClient,
+) -> None:
+    settings = cluster_settings(
+        control_plane,
+        namespace,
+        s3_endpoint,
+        bucket,
+        tmp_path,
+        pod_annotations={"ocps.test/sidecar-exit-code": "1"},
+    )
+    service = build_service(settings)
+    service.store.ensure_ready()
+    record = service.create_job(JobRequest(command="true"), ANYONE)
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
+    job = wait_until(
+        lambda: (j := service.get_job(record.job_id, ANYONE)).phase is Phase.ERROR and j
+    )
+    assert job.error_message.startswith("The job's results could not be uploaded")
+    listed = service.list_jobs(ANYONE, ListQuery(phases=frozenset({Phase.ERROR})))
+    assert [r.job_id for r in listed] == [record.job_id]
+    pod = kube_job(kube, namespace, record.job_id).spec.template.spec
+    assert pod.termination_grace_period_seconds == 300

@@ -263,8 +263,7 @@ class KubernetesBackend:
         if owner is not None:
             selector += f",{LABEL_OWNER}={owner_label(owner)}"
         jobs = self._list("list jobs", self.batch.list_namespaced_job, selector)
-        active = [job for job in jobs if not self._needs_manifest(job)]
-        pods = self._pods(selector) if active else {}
+        pods = self._pods(selector) if jobs else {}
         finished = [job for job in jobs if self._needs_manifest(job)]
         ids = [job["metadata"]["labels"][LABEL_JOB_ID] for job in finished]
         manifests = dict(zip(ids, self._pool.map(self._results, ids), strict=True))

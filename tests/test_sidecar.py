@@ -1,0 +1,773 @@
+"""The upload sidecar, run as the real process against moto's S3 server (no mocks of boto3).
+
+minio-py reads back what the sidecar wrote; ``tests.faults.TcpProxy`` stands between the
+sidecar and moto where a test needs an S3 outage. The test plays the job's wrapper: it
+writes the output tree, ``<work>/stderr``, the log and, when the command "ends", the
+exit-code file (atomically, as the wrapper does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from minio import Minio
+
+from ocps_jobs.conventions import (
+    LOG_RESULT_NAME,
+    archive_key,
+    job_prefix,
+    manifest_key,
+    output_key,
+)
+from ocps_jobs.errors import BackendUnavailableError
+from ocps_jobs.models import JobParameters, JobRecord, Phase
+from ocps_jobs.objectstore.base import guess_content_type
+from ocps_jobs.objectstore.filesystem import FilesystemStore
+from ocps_jobs.sidecar import Uploader, final_record, scan_outputs
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.faults import TcpProxy
+from tests.helpers import wait_until
+
+GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
+MB = 1024 * 1024
+
+
+# --- the job's folder, as the pod's shared volume holds it ------------------------------------
+
+
+@dataclass
+class JobFolder:
+    job_id: str
+    work: Path
+    out: Path
+
+    @property
+    def exit_code_file(self) -> Path:
+        return self.work / "exit-code"
+
+    @property
+    def log_file(self) -> Path:
+        return self.work / LOG_RESULT_NAME
+
+    def write(self, relative: str, data: bytes) -> bytes:
+        path = self.out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return data
+
+    def exit(self, code: int) -> None:
+        """What the wrapper does when the command ends."""
+        temporary = self.work / "exit-code.tmp"
+        temporary.write_text(f"{code}\n")
+        temporary.replace(self.exit_code_file)
+
+    def seed(self) -> str:
+        """The creation-time record the Kubernetes backend hands the sidecar."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        record = JobRecord(
+            job_id=self.job_id,
+            run_id="run-42",
+            owner="ocps",
+            phase=Phase.EXECUTING,
+            creation_time=now,
+            start_time=now,
+            execution_duration=3600,
+            parameters=JobParameters(command="cd $JOB_SOURCE_DIR && bash bin/pipetask.sh"),
+        )
+        return record.model_dump_json(exclude={"environment"})
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> JobFolder:
+    job_id = uuid.uuid4().hex
+    work = tmp_path / "jobs" / job_id
+    (work / "out").mkdir(parents=True)
+    return JobFolder(job_id, work, work / "out")
+
+
+# --- S3, read back with an independent tool -----------------------------------------------------
+
+
+@pytest.fixture
+def minio(s3_endpoint: str) -> Minio:
+    return Minio(urlparse(s3_endpoint).netloc, S3_ACCESS_KEY, S3_SECRET_KEY, secure=False)
+
+
+@pytest.fixture
+def ready_bucket(bucket: str, minio: Minio) -> str:
+    """The bucket exists before the job runs: the service creates it, not the sidecar."""
+    minio.make_bucket(bucket)
+    return bucket
+
+
+def read_object(minio: Minio, bucket: str, key: str) -> bytes:
+    response = minio.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def output_objects(minio: Minio, bucket: str, job_id: str) -> dict[str, Any]:
+    """Relative path -> listed object, for the job's outputs."""
+    prefix = output_key(job_id, "")
+    return {
+        item.object_name.removeprefix(prefix): item
+        for item in minio.list_objects(bucket, prefix=prefix, recursive=True)
+    }
+
+
+def exists(minio: Minio, bucket: str, key: str) -> bool:
+    return any(True for _ in minio.list_objects(bucket, prefix=key))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_uploaded_intact(
+    minio: Minio, bucket: str, job: JobFolder, expected: dict[str, bytes]
+) -> dict[str, Any]:
+    """Every object equals its local file; the manifest lists exactly them; returns it."""
+    listed = output_objects(minio, bucket, job.job_id)
+    assert sorted(listed) == sorted(expected)
+    manifest: dict[str, Any] = json.loads(read_object(minio, bucket, manifest_key(job.job_id)))
+    assert manifest["version"] == 1 and manifest["jobId"] == job.job_id
+    assert [item["path"] for item in manifest["files"]] == sorted(expected)
+    for item in manifest["files"]:
+        relative = item["path"]
+        data = read_object(minio, bucket, item["key"])
+        assert item["key"] == output_key(job.job_id, relative)
+        assert sha256(data) == sha256(expected[relative]) == item["sha256"], relative
+        assert len(data) == item["size"] == listed[relative].size, relative
+        assert item["contentType"] == guess_content_type(relative)
+        stat = minio.stat_object(bucket, item["key"])
+        assert stat.content_type == item["contentType"], relative
+    return manifest
+
+
+def archived_record(minio: Minio, bucket: str, job_id: str) -> JobRecord:
+    """job.json, read the way the Kubernetes backend reads it after the TTL."""
+    return JobRecord.model_validate_json(read_object(minio, bucket, archive_key(job_id)))
+
+
+# --- the sidecar process -----------------------------------------------------------------------
+
+
+@dataclass
+class Sidecar:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self, within: float = GRACE_SECONDS) -> tuple[int, float]:
+        """SIGTERM, as the kubelet sends it; the exit code and how long the exit took."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sidecar outlived the {within} s grace period:\n{self.log}")
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+def start_sidecar(
+    tmp_path: Path, s3_endpoint: str, s3_credentials: None
+) -> Iterator[Callable[..., Sidecar]]:
+    """Start ``python -m ocps_jobs.sidecar``; every process is killed and reaped afterwards."""
+    started: list[Sidecar] = []
+
+    def start(
+        job: JobFolder, bucket: str, *, endpoint: str | None = None, **settings: str
+    ) -> Sidecar:
+        env = {
+            **os.environ,
+            "JOB_ID": job.job_id,
+            "JOB_OUTPUT_DIR": str(job.out),
+            "OCPS_EXIT_CODE_FILE": str(job.exit_code_file),
+            "OCPS_LOG_FILE": str(job.log_file),
+            "OCPS_S3_ENDPOINT": endpoint or s3_endpoint,
+            "OCPS_BUCKET": bucket,
+            "OCPS_S3_REGION": "us-east-1",
+            "OCPS_UPLOAD_INTERVAL": "10",
+            "OCPS_JOB_RECORD": job.seed(),
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+        log_path = tmp_path / f"sidecar-{len(started)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "ocps_jobs.sidecar"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        sidecar = Sidecar(process, log_path)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        if sidecar.running():
+            sidecar.process.kill()
+        sidecar.process.wait(10)
+
+
+def wait_for_archive(
+    minio: Minio,
+    bucket: str,
+    sidecar: Sidecar,
+    job: JobFolder,
+    timeout: float,
+    expected: dict[str, bytes] | None = None,
+) -> None:
+    """Poll the job's objects until job.json is there, checking the write order at every look.
+
+    Each listing is one consistent view of the bucket: whenever it holds the manifest it
+    must hold every expected output, and whenever it holds job.json, the manifest.
+    """
+    outputs = output_key(job.job_id, "")
+
+    def archived() -> bool:
+        if not sidecar.running():
+            pytest.fail(f"the sidecar exited early ({sidecar.process.returncode}):\n{sidecar.log}")
+        names = {
+            item.object_name
+            for item in minio.list_objects(bucket, prefix=job_prefix(job.job_id), recursive=True)
+        }
+        has_manifest = manifest_key(job.job_id) in names
+        has_record = archive_key(job.job_id) in names
+        assert has_manifest or not has_record, "job.json was written before the manifest"
+        if has_manifest and expected is not None:
+            uploaded = {name.removeprefix(outputs) for name in names if name.startswith(outputs)}
+            assert uploaded == set(expected), "the manifest was written before every output"
+        return has_record
+
+    try:
+        wait_until(archived, timeout=timeout, interval=0.05)
+    except AssertionError as error:
+        if "written before" in str(error):
+            raise
+        pytest.fail(f"no job.json within {timeout} s:\n{sidecar.log}")
+
+
+def assert_written_last(minio: Minio, bucket: str, job: JobFolder) -> None:
+    """S3's own clock agrees (to its one-second resolution): outputs, then manifest, then record."""
+    times = {
+        item.object_name: item.last_modified
+        for item in minio.list_objects(bucket, prefix=job_prefix(job.job_id), recursive=True)
+    }
+    manifest, record = times.pop(manifest_key(job.job_id)), times.pop(archive_key(job.job_id))
+    assert max(times.values()) <= manifest <= record
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[TcpProxy]:
+    """A cuttable TCP proxy in front of moto."""
+    address = urlparse(s3_endpoint)
+    with TcpProxy((address.hostname or "127.0.0.1", address.port or 80)) as running:
+        yield running
+
+
+# --- output trees ------------------------------------------------------------------------------
+
+
+def nested_tree(job: JobFolder, tmp_path: Path) -> dict[str, bytes]:
+    """Several levels, many small files, MB-sized binaries, odd names, an empty file, symlinks.
+
+    Returns what must be uploaded (relative path -> bytes); the symlinks must not be.
+    """
+    rng = random.Random(7)  # noqa: S311 - reproducible test data
+    expected: dict[str, bytes] = {}
+    folders = ["", "a", "a/b", "a/b/c", "a/b/c/d", "logs", "with space", "résumé ünïcode/日本"]
+    for n in range(120):
+        folder = folders[n % len(folders)]
+        suffix = [".txt", ".json", ".yaml", ".log", ".ecsv", ""][n % 6]
+        relative = f"{folder}/small-{n:03d}{suffix}".lstrip("/")
+        expected[relative] = job.write(relative, rng.randbytes(rng.randrange(1, 4096)))
+    for relative, size in [
+        ("images/raw 1.fits", 2 * MB + 17),
+        ("a/b/c/d/deep.bin", 3 * MB),
+        ("calexp/visit=42/part.parquet", 1 * MB),
+        # Over the store's 16 MiB multipart threshold: a multipart upload.
+        ("big/coadd.fits.fz", 17 * MB + 5),
+    ]:
+        expected[relative] = job.write(relative, rng.randbytes(size))
+    expected["empty.txt"] = job.write("empty.txt", b"")
+    expected["résumé ünïcode/日本/データ ファイル.json"] = job.write(
+        "résumé ünïcode/日本/データ ファイル.json", '{"ключ": "値"}'.encode()
+    )
+    expected["with space/name with spaces & (parens).txt"] = job.write(
+        "with space/name with spaces & (parens).txt", b"spaces\n"
+    )
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("never upload me")
+    (job.out / "link-to-file.txt").symlink_to(job.out / "a" / "small-001.json")
+    (job.out / "a" / "linked-outside").symlink_to(outside, target_is_directory=True)
+    (job.out / "linked-secret.txt").symlink_to(outside / "secret.txt")
+    (job.out / "dangling").symlink_to(job.out / "nowhere")
+    return expected
+
+
+def many_files(job: JobFolder, count: int, size: int, seed: int = 1) -> dict[str, bytes]:
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data
+    return {
+        relative: job.write(relative, rng.randbytes(size + n))
+        for n in range(count)
+        for relative in [f"batch/{n % 10}/file-{n:04d}.dat"]
+    }
+
+
+# --- 1. a nested tree uploads intact --------------------------------------------------------------
+
+
+def test_a_nested_tree_uploads_intact_manifest_and_record_last(
+    job: JobFolder,
+    tmp_path: Path,
+    ready_bucket: str,
+    minio: Minio,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    expected = nested_tree(job, tmp_path)
+    job.log_file.write_text("pipetask: started\npipetask: done\n")
+    job.exit(0)
+    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
+
+    sidecar = start_sidecar(job, ready_bucket)
+    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
+    assert sidecar.running(), "a native sidecar stays up until the pod ends"
+    code, _seconds = sidecar.terminate()
+    assert code == 0, sidecar.log
+
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert manifest["exitCode"] == 0
+    listed = output_objects(minio, ready_bucket, job.job_id)
+    assert not any("secret" in name or "link" in name or "dangling" in name for name in listed)
+    stats = {
+        relative: minio.stat_object(ready_bucket, output_key(job.job_id, relative)).content_type
+        for relative in ("images/raw 1.fits", "big/coadd.fits.fz", "a/b/c/d/deep.bin", "empty.txt")
+    }
+    assert stats == {
+        "images/raw 1.fits": "application/fits",
+        "big/coadd.fits.fz": "application/fits",
+        "a/b/c/d/deep.bin": "application/octet-stream",
+        "empty.txt": "text/plain",
+    }
+
+    record = archived_record(minio, ready_bucket, job.job_id)
+    assert (record.job_id, record.run_id, record.owner) == (job.job_id, "run-42", "ocps")
+    assert record.phase is Phase.COMPLETED and record.error_message == ""
+    assert record.end_time is not None and record.execution_duration == 3600
+    assert record.results is not None
+    assert [(r.key, r.size, r.content_type) for r in record.results] == [
+        (item["key"], item["size"], item["contentType"]) for item in manifest["files"]
+    ]
+
+    assert_written_last(minio, ready_bucket, job)
+
+
+def test_a_failed_command_is_archived_as_error_with_the_stderr_tail(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    expected = {"partial.txt": job.write("partial.txt", b"half done\n")}
+    (job.work / "stderr").write_text("".join(f"stderr line {n:02d}\n" for n in range(1, 31)))
+    job.exit(3)
+
+    sidecar = start_sidecar(job, ready_bucket)
+    wait_for_archive(minio, ready_bucket, sidecar, job, 30, expected)
+    assert sidecar.terminate()[0] == 0
+
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert manifest["exitCode"] == 3
+    record = archived_record(minio, ready_bucket, job.job_id)
+    assert record.phase is Phase.ERROR
+    assert record.error_message.startswith("Command exited with code 3: stderr line 11\n")
+    assert record.error_message.endswith("stderr line 30")
+    assert "stderr line 10" not in record.error_message
+
+
+# --- 2. an S3 outage in the middle ---------------------------------------------------------------
+
+
+def test_an_s3_outage_mid_upload_is_retried_and_nothing_is_lost(
+    job: JobFolder,
+    ready_bucket: str,
+    minio: Minio,
+    proxy: TcpProxy,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    expected = many_files(job, 240, 40_000)
+    expected.update(
+        {f"large/{n}.fits": job.write(f"large/{n}.fits", os.urandom(MB)) for n in range(4)}
+    )
+    total = sum(len(data) for data in expected.values())
+    job.exit(0)
+    down = proxy.cut_after(total // 3)
+
+    sidecar = start_sidecar(job, ready_bucket, endpoint=proxy.url)
+    assert down.wait(30), f"the upload never got a third of the way:\n{sidecar.log}"
+    # During the outage (S3 read directly, not through the proxy): partial, no manifest.
+    during = output_objects(minio, ready_bucket, job.job_id)
+    assert 0 < len(during) < len(expected)
+    time.sleep(3)
+    assert sidecar.running(), sidecar.log
+    assert not exists(minio, ready_bucket, manifest_key(job.job_id))
+    assert len(output_objects(minio, ready_bucket, job.job_id)) < len(expected)
+
+    proxy.restore()
+    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
+    assert sidecar.terminate()[0] == 0
+
+    assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert_written_last(minio, ready_bucket, job)
+    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+    assert "failed (attempt 1 of 6)" in sidecar.log
+    assert proxy.cuts == 1
+
+
+def test_an_outage_longer_than_the_retry_budget_while_the_job_runs_is_survived(
+    job: JobFolder,
+    ready_bucket: str,
+    minio: Minio,
+    proxy: TcpProxy,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    """Periodic passes that exhaust their retries are just tried again at the next interval."""
+    expected = many_files(job, 30, 10_000)
+    proxy.cut()
+    sidecar = start_sidecar(
+        job,
+        ready_bucket,
+        endpoint=proxy.url,
+        OCPS_UPLOAD_INTERVAL="0.2",
+        OCPS_UPLOAD_ATTEMPTS="2",
+        OCPS_UPLOAD_BACKOFF="0.05",
+    )
+    wait_until(lambda: sidecar.log.count("periodic upload failed, will retry") >= 2, timeout=30)
+    assert sidecar.running(), sidecar.log
+    assert output_objects(minio, ready_bucket, job.job_id) == {}
+
+    proxy.restore()
+    wait_until(lambda: len(output_objects(minio, ready_bucket, job.job_id)) == 30, timeout=30)
+    expected["late.txt"] = job.write("late.txt", b"written after the outage\n")
+    job.exit(0)
+    wait_for_archive(minio, ready_bucket, sidecar, job, 30, expected)
+    assert sidecar.terminate()[0] == 0
+    assert_uploaded_intact(minio, ready_bucket, job, expected)
+
+
+def test_an_outage_through_the_final_pass_fails_without_a_manifest(
+    job: JobFolder,
+    ready_bucket: str,
+    minio: Minio,
+    proxy: TcpProxy,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    """Nothing is reported complete that is not uploaded: no manifest, no record, exit != 0."""
+    many_files(job, 5, 1000)
+    job.exit(0)
+    proxy.cut()
+    sidecar = start_sidecar(
+        job, ready_bucket, endpoint=proxy.url, OCPS_UPLOAD_ATTEMPTS="2", OCPS_UPLOAD_BACKOFF="0.05"
+    )
+    try:
+        code = sidecar.process.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the sidecar kept going with S3 down:\n{sidecar.log}")
+    assert code != 0
+    assert "failed (attempt 1 of 2)" in sidecar.log
+    assert not exists(minio, ready_bucket, manifest_key(job.job_id))
+    assert not exists(minio, ready_bucket, archive_key(job.job_id))
+
+
+# --- 3. SIGTERM, and uploads while the job runs --------------------------------------------------
+
+
+def test_sigterm_mid_upload_finishes_the_upload_within_the_grace_period(
+    job: JobFolder,
+    ready_bucket: str,
+    minio: Minio,
+    s3_endpoint: str,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    expected = many_files(job, 300, 20_000)
+    expected.update(
+        {f"big/{n}.fits": job.write(f"big/{n}.fits", os.urandom(4 * MB)) for n in range(8)}
+    )
+    address = urlparse(s3_endpoint)
+    # Throttled (2 MB/s per connection) so that the first periodic pass takes a few seconds.
+    with TcpProxy((address.hostname or "", address.port or 80), upstream_rate=2 * MB) as slow:
+        # No exit-code file: the job is still running when the pod is told to stop.
+        sidecar = start_sidecar(job, ready_bucket, endpoint=slow.url)
+        wait_until(lambda: len(output_objects(minio, ready_bucket, job.job_id)) >= 20, timeout=30)
+        at_sigterm = len(output_objects(minio, ready_bucket, job.job_id))
+        code, seconds = sidecar.terminate(within=GRACE_SECONDS)
+    assert code == 0, sidecar.log
+    assert at_sigterm < len(expected), "SIGTERM came after the upload had finished"
+    assert seconds < GRACE_SECONDS
+
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert manifest["exitCode"] is None
+    record = archived_record(minio, ready_bucket, job.job_id)
+    assert record.phase is Phase.ABORTED
+    assert record.error_message == "The job was stopped before its command finished."
+    assert record.results is not None and len(record.results) == len(expected)
+
+
+def test_periodic_uploads_while_the_job_runs_then_the_final_pass_picks_up_changes(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    expected = {
+        "progress.log": job.write("progress.log", b"step 1\n"),
+        "data/table.bin": job.write("data/table.bin", b"A" * 5000),
+        "data/unchanged.json": job.write("data/unchanged.json", b'{"v": 1}'),
+    }
+    job.log_file.write_text("started\n")
+    sidecar = start_sidecar(job, ready_bucket, OCPS_UPLOAD_INTERVAL="0.2")
+
+    def uploaded_as_written() -> bool:
+        listed = output_objects(minio, ready_bucket, job.job_id)
+        return sorted(listed) == sorted(expected) and all(
+            read_object(minio, ready_bucket, output_key(job.job_id, r)) == d
+            for r, d in expected.items()
+        )
+
+    wait_until(uploaded_as_written, timeout=30, interval=0.1)
+    assert not exists(minio, ready_bucket, manifest_key(job.job_id)), "no manifest while running"
+    assert LOG_RESULT_NAME not in output_objects(minio, ready_bucket, job.job_id)
+
+    # The job goes on: a file grows, one is rewritten in place at the same size, one is new.
+    with (job.out / "progress.log").open("ab") as progress:
+        progress.write(b"step 2\n")
+    expected["progress.log"] = (job.out / "progress.log").read_bytes()
+    table = job.out / "data" / "table.bin"
+    expected["data/table.bin"] = job.write("data/table.bin", b"B" * 5000)
+    stat = table.stat()
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    expected["data/late.txt"] = job.write("data/late.txt", b"written just before the end\n")
+    with job.log_file.open("a") as log:
+        log.write("finished\n")
+    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
+    job.exit(0)
+
+    wait_for_archive(minio, ready_bucket, sidecar, job, 30, expected)
+    code, seconds = sidecar.terminate(within=10)
+    assert code == 0 and seconds < 5, sidecar.log
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert manifest["exitCode"] == 0
+    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+
+
+def catches_sigterm(pid: int) -> bool:
+    """True once the process has a SIGTERM handler (Linux: the SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_sigterm_at_any_moment_ends_the_sidecar(tmp_path: Path) -> None:
+    """SIGTERM lands wherever the main loop is (here: spinning on a zero interval).
+
+    Regression: the handler used to set the stop event in the main thread, which deadlocks
+    when the signal arrives while the main thread holds the event's lock in ``stop.wait``
+    (about one SIGTERM in fifteen in this loop). Probabilistic: can miss, never false-fail.
+    """
+    processes = []
+    try:
+        for n in range(12):
+            work = tmp_path / f"job-{n}"
+            work.mkdir()
+            env = {
+                **os.environ,
+                "JOB_ID": uuid.uuid4().hex,
+                "JOB_OUTPUT_DIR": str(work / "out"),  # never created: the loop stays cheap
+                "OCPS_STORE_DIR": str(work / "store"),
+                "OCPS_UPLOAD_INTERVAL": "0",
+            }
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "ocps_jobs.sidecar"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        stores = [tmp_path / f"job-{n}" / "store" for n in range(12)]
+        # Past start-up (until the handler is installed, SIGTERM's default action applies).
+        wait_until(lambda: all(catches_sigterm(p.pid) for p in processes), timeout=60)
+        time.sleep(0.3)
+        rng = random.Random()  # noqa: S311 - signal timing jitter
+        for process in processes:
+            time.sleep(rng.uniform(0, 0.05))
+            process.send_signal(signal.SIGTERM)
+        hung, deadline = 0, time.monotonic() + 10
+        for process in processes:
+            try:
+                assert process.wait(max(0.1, deadline - time.monotonic())) == 0
+            except subprocess.TimeoutExpired:
+                hung += 1
+        assert hung == 0, f"{hung} of {len(processes)} sidecars ignored SIGTERM"
+        assert all(any(store.rglob("manifest.json")) for store in stores)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+# --- 4. the Uploader with the real filesystem store ----------------------------------------------
+
+
+class FlakyStore(FilesystemStore):
+    """A real filesystem store whose uploads fail as an unavailable S3 would, on demand."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.failures: dict[str, int] = {}  # key -> how many more calls fail (-1: forever)
+        self.calls: list[str] = []
+
+    def _maybe_fail(self, key: str) -> None:
+        self.calls.append(key)
+        left = self.failures.get(key, 0)
+        if left:
+            self.failures[key] = left - 1 if left > 0 else left
+            raise BackendUnavailableError(f"Object store unavailable (put {key})")
+
+    def put_file(self, key: str, path: str, content_type: str) -> None:
+        self._maybe_fail(key)
+        super().put_file(key, path, content_type)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._maybe_fail(key)
+        super().put_bytes(key, data, content_type)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FlakyStore:
+    return FlakyStore(tmp_path / "store")
+
+
+def test_uploader_uploads_only_what_changed(job: JobFolder, store: FlakyStore) -> None:
+    job.write("a.txt", b"a")
+    job.write("sub/b.txt", b"b")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    assert uploader.upload_changed() == 2
+    assert uploader.upload_changed() == 0
+    job.write("sub/b.txt", b"bb")
+    job.write("c.txt", b"c")
+    assert uploader.upload_changed() == 2
+    assert store.get_bytes(output_key(job.job_id, "sub/b.txt")) == b"bb"
+    log = job.work / "log"
+    log.write_text("log\n")
+    manifest = uploader.finish({LOG_RESULT_NAME: log}, exitCode=0)
+    assert [f["path"] for f in manifest["files"]] == [
+        "a.txt",
+        "c.txt",
+        LOG_RESULT_NAME,
+        "sub/b.txt",
+    ]
+    assert manifest["exitCode"] == 0
+    assert json.loads(store.get_bytes(manifest_key(job.job_id)) or b"") == manifest
+    assert store.calls[-1] == manifest_key(job.job_id)
+
+
+def test_uploader_retries_with_doubling_backoff(job: JobFolder, store: FlakyStore) -> None:
+    job.write("x.bin", b"x" * 10)
+    key = output_key(job.job_id, "x.bin")
+    store.failures[key] = 4
+    sleeps: list[float] = []
+    uploader = Uploader(store, job.job_id, job.out, sleep=sleeps.append)
+    manifest = uploader.finish()
+    assert sleeps == [0.5, 1.0, 2.0, 4.0]
+    assert store.calls.count(key) == 5
+    assert [f["sha256"] for f in manifest["files"]] == [sha256(b"x" * 10)]
+
+
+def test_uploader_gives_up_after_its_attempts_and_writes_no_manifest(
+    job: JobFolder, store: FlakyStore
+) -> None:
+    for n in range(5):
+        job.write(f"f{n}.txt", str(n).encode())
+    broken = output_key(job.job_id, "f3.txt")
+    store.failures[broken] = -1
+    sleeps: list[float] = []
+    uploader = Uploader(store, job.job_id, job.out, workers=2, sleep=sleeps.append)
+    with pytest.raises(BackendUnavailableError):
+        uploader.finish()
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]  # six attempts, 15.5 s of backoff in all
+    assert store.calls.count(broken) == 6
+    assert store.get_bytes(manifest_key(job.job_id)) is None
+    # The others were uploaded and are not sent again; the next pass retries only the failure.
+    assert all(store.get_bytes(output_key(job.job_id, f"f{n}.txt")) for n in (0, 1, 2, 4))
+    store.failures.clear()
+    store.calls.clear()
+    manifest = uploader.finish()
+    assert store.calls == [broken, manifest_key(job.job_id)]
+    assert len(manifest["files"]) == 5
+
+
+def test_scan_outputs_skips_links_and_special_files(job: JobFolder, tmp_path: Path) -> None:
+    job.write("real.txt", b"r")
+    job.write("deep/er/file", b"f")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x").write_text("x")
+    (job.out / "to-file").symlink_to(job.out / "real.txt")
+    (job.out / "to-dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (job.out / "dangling").symlink_to(job.out / "missing")
+    os.mkfifo(job.out / "pipe")
+    assert [item.relative_path for item in scan_outputs(job.out)] == ["real.txt", "deep/er/file"]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "tail", "phase", "message"),
+    [
+        (0, "ignored", "completed", ""),
+        (2, "", "error", "Command exited with code 2"),
+        (1, "  boom\n", "error", "Command exited with code 1: boom"),
+        (None, "", "aborted", "The job was stopped before its command finished."),
+    ],
+)
+def test_final_record(exit_code: int | None, tail: str, phase: str, message: str) -> None:
+    manifest = {"files": [{"key": "jobs/x/out/a", "size": 1, "contentType": "text/plain"}]}
+    record = final_record({"job_id": "x", "phase": "executing"}, manifest, exit_code, tail)
+    assert (record["phase"], record["error_message"]) == (phase, message)
+    assert record["results"] == [{"key": "jobs/x/out/a", "size": 1, "content_type": "text/plain"}]
+
+
+def test_files_deleted_after_an_earlier_pass_are_not_results(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "temporary.tmp").write_text("scratch")
+    (output / "kept.txt").write_text("kept")
+    uploader = Uploader(FilesystemStore(tmp_path / "store"), "a" * 32, output)
+    assert uploader.upload_changed() == 2
+    (output / "temporary.tmp").unlink()
+    manifest = uploader.finish()
+    assert [item["path"] for item in manifest["files"]] == ["kept.txt"]
