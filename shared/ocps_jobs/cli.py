@@ -38,7 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--s3-endpoint", help="S3 endpoint URL (default: local folder)")
     serve.add_argument("--bucket")
     serve.add_argument("--max-concurrent-jobs", type=int)
-    serve.add_argument("--threads", type=int, default=64, help="HTTP worker threads")
+    # A blocking UWS WAIT holds a worker thread for up to wait_max_seconds: enough threads
+    # that hundreds of waiters leave room for every other request.
+    serve.add_argument("--threads", type=int, default=256, help="HTTP worker threads")
+
+    commands.add_parser(
+        "sweep",
+        help="remove jobs past their destruction time (server side; settings from OCPS_*)",
+    )
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
@@ -105,6 +112,13 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         threads=args.threads,
+        # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
+        connection_limit=max(100, 2 * args.threads),
+        asyncore_use_poll=True,
+        # Downloads stream through waitress's output buffer: keep it in memory up to the
+        # high watermark (16 MiB, at which the app thread waits for the client) instead of
+        # spilling each chunk to a temporary file past 1 MiB (2x the download throughput).
+        outbuf_overflow=16 * 1024 * 1024,
         ident="ocps-jobs",
         # Bodies up to 4x the API limit reach the app (which answers a JSON 413); larger
         # declared bodies are refused by waitress at once instead of being spooled to disk.
@@ -113,6 +127,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     def stop(*_: object) -> None:
         server.close()
+        # waitress's loop runs while any connection is open (an idle keep-alive one too):
+        # SystemExit is how it stops regardless (run() catches it and ends its threads).
+        raise SystemExit
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -127,6 +144,20 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         service.close()
+    return EXIT_OK
+
+
+def _sweep() -> int:
+    from .config import Settings
+    from .http import build_service
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = build_service(Settings.from_env())
+    try:
+        destroyed = service.destroy_expired()
+    finally:
+        service.close()
+    print(json.dumps({"destroyed": destroyed}))
     return EXIT_OK
 
 
@@ -249,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "sweep":
+            return _sweep()
         return _run_client(args)
     except (ClientError, OCPSError) as error:
         print(f"ocps-jobs: {error}", file=sys.stderr)

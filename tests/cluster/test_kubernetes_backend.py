@@ -436,3 +436,52 @@ def test_failed_upload_is_error_not_executing_forever(
     assert [r.job_id for r in listed] == [record.job_id]
     pod = kube_job(kube, namespace, record.job_id).spec.template.spec
     assert pod.termination_grace_period_seconds == 300
+
+
+def test_sweep_removes_jobs_past_their_destruction(
+    cluster_service: JobService,
+    control_plane: ControlPlane,
+    namespace: str,
+    s3_endpoint: str,
+    bucket: str,
+    kube: k8s.ApiClient,
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from ocps_jobs.models import utcnow
+
+    doomed = cluster_service.create_job(
+        JobRequest(command="true"), ANYONE, start=False, destruction=utcnow() + timedelta(seconds=2)
+    )
+    kept = cluster_service.create_job(JobRequest(command="true"), ANYONE, start=False)
+    act_as_sidecar(cluster_service, doomed.job_id, tmp_path)
+    time.sleep(3)
+    with pytest.raises(Exception, match="No job"):
+        cluster_service.get_job(doomed.job_id, ANYONE)  # already gone for clients
+    environment = {
+        "OCPS_BACKEND": "kubernetes",
+        "OCPS_NAMESPACE": namespace,
+        "OCPS_KUBECONFIG": str(control_plane.kubeconfig),
+        "OCPS_S3_ENDPOINT": s3_endpoint,
+        "OCPS_BUCKET": bucket,
+        "PATH": "/usr/bin:/bin",
+        "AWS_ACCESS_KEY_ID": "ocps-test-access",
+        "AWS_SECRET_ACCESS_KEY": "ocps-test-secret",
+    }
+    swept = subprocess.run(
+        [str(Path(sys.executable).with_name("ocps-jobs")), "sweep"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(swept.stdout.strip().splitlines()[-1]) == {"destroyed": [doomed.job_id]}
+    with pytest.raises(ApiException) as missing:
+        kube_job(kube, namespace, doomed.job_id)
+    assert missing.value.status == 404
+    assert cluster_service.store.list_objects(f"jobs/{doomed.job_id}/") == []
+    assert kube_job(kube, namespace, kept.job_id).metadata.name
