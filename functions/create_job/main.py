@@ -1,7 +1,9 @@
 """Knative function create_job: every request that changes a job's state."""
 
+import flask
 import functions_framework
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
 from ocps_jobs.errors import OCPSError
 from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, render_error
@@ -20,3 +22,9 @@ def create_job(request: Request) -> Response:
 def ocps_error(error: OCPSError) -> Response:
     """Render any error that escaped the dispatcher as the JSON error body."""
     return render_error(error)
+
+
+@functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
+def unrouted(error: HTTPException) -> Response:
+    """A path Flask's own router refuses (a newline in it) still gets the dispatcher's answer."""
+    return _dispatch(flask.request)

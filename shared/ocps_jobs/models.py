@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from .conventions import RESERVED_ENV_NAMES
 
@@ -86,7 +86,21 @@ class EnvironmentVariable(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_ENV_NAME_LENGTH)]
-    value: Annotated[str, Field(max_length=MAX_ENV_VALUE_LENGTH, pattern=_NO_NUL)] = ""
+    value: Annotated[
+        str,
+        Field(max_length=MAX_ENV_VALUE_LENGTH, pattern=_NO_NUL),
+        # A request may send null for an empty value (see the validator below).
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": MAX_ENV_VALUE_LENGTH, "pattern": _NO_NUL},
+                    {"type": "null"},
+                ],
+                "default": "",
+            },
+            mode="validation",
+        ),
+    ] = ""
 
     @field_validator("value", mode="before")
     @classmethod
@@ -124,7 +138,8 @@ class JobRequest(BaseModel):
         str | None,
         Field(
             max_length=MAX_URL_LENGTH,
-            pattern=r"^[^\x00-\x20\x7f\-][^\x00-\x20\x7f]*$",
+            # Empty is accepted as "none" (the validator below), so the pattern allows it.
+            pattern=r"^([^\x00-\x20\x7f\-][^\x00-\x20\x7f]*)?$",
             description="Git repository cloned into `$JOB_SOURCE_DIR` before the command runs.",
         ),
     ] = None
@@ -132,7 +147,7 @@ class JobRequest(BaseModel):
         str | None,
         Field(
             max_length=MAX_COMMIT_REF_LENGTH,
-            pattern=r"^[^\x00-\x20\x7f~^:?*\[\\\-][^\x00-\x20\x7f~^:?*\[\\]*$",
+            pattern=r"^([^\x00-\x20\x7f~^:?*\[\\\-][^\x00-\x20\x7f~^:?*\[\\]*)?$",
             description="Branch, tag or commit checked out after the clone.",
         ),
     ] = None

@@ -198,6 +198,10 @@ class LocalBackend:
         """Stop the job if it runs, forget it and remove its objects."""
         with self._lock:
             self._require(job_id)
+        # Objects first: with the store down this fails (503) and the job is still there.
+        self.store.delete_prefix(job_prefix(job_id))
+        with self._lock:
+            self._require(job_id)
             del self._records[job_id]
             with contextlib.suppress(FileNotFoundError):
                 self._state_path(job_id).unlink()
@@ -447,6 +451,9 @@ class LocalBackend:
         failures = []
         for process, tail in replicas:
             code = process.wait()
+            # What the command left behind ends with it, as in a container: otherwise a
+            # bash killed from outside leaves children holding stderr and the job running.
+            _kill_group(process, signal.SIGKILL)
             tail.join()
             if code != 0:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

@@ -200,5 +200,14 @@ def create_embedded_app(service: JobService) -> Flask:
     app.add_url_rule(
         "/<path:path>", "any", view, methods=ALL_METHODS, provide_automatic_options=False
     )
+
+    def unrouted(error: HTTPException) -> Response:
+        """Flask's own refusals (a newline in a path, an unknown method) go to the dispatcher.
+
+        So they get the interface's error document too, never Flask's HTML error page.
+        """
+        return view()
+
+    app.register_error_handler(HTTPException, unrouted)
     app.extensions["ocps_service"] = service
     return app

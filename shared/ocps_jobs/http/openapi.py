@@ -33,6 +33,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Bad input",
+        401: "No valid credentials where authentication is required (see WWW-Authenticate)",
         404: "No such job or result (also for another owner's)",
         405: "Method not allowed on this path",
         409: "Illegal in the job's current phase",
@@ -41,7 +42,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         416: "Range outside the file",
         503: "Kubernetes or the object store is unavailable; retry",
     }
-    return {str(status): _json(_ref("ErrorBody"), text[status]) for status in statuses}
+    # Every operation answers 401 where authentication is on (bad token, or none when required).
+    return {
+        str(status): _json(_ref("ErrorBody"), text[status]) for status in sorted({401, *statuses})
+    }
 
 
 _JOB_ID = {
@@ -49,6 +53,15 @@ _JOB_ID = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+
+_RANGE = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "description": "One byte range, e.g. `bytes=0-1023` (206; 416 if outside the file); "
+    "anything else gets the whole file",
+    "schema": {"type": "string"},
 }
 
 
@@ -66,8 +79,10 @@ def openapi_document() -> dict[str, Any]:
         ref_template=_REF,
     )
     schemas = definitions["$defs"]
-    job = _json(_ref("Job"), "The job object")
+    job = _json(_ref("JobDocument"), "The job object")
     phase_values = [phase.value for phase in Phase]
+    # The list filter takes a phase in any case (``executing``, ``EXECUTING``); empty = all.
+    any_case = "|".join("".join(f"[{c}{c.upper()}]" for c in value) for value in phase_values)
     paths: dict[str, Any] = {
         "/api/v1/job": {
             "put": {
@@ -95,11 +110,14 @@ def openapi_document() -> dict[str, Any]:
                         "name": "phase",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "enum": phase_values},
+                        "description": "One phase, in any case; empty for every phase",
+                        "schema": {"type": "string", "pattern": f"^({any_case})?$"},
                     }
                 ],
                 "responses": {
-                    "200": _json({"type": "array", "items": _ref("Job")}, "Jobs, oldest first"),
+                    "200": _json(
+                        {"type": "array", "items": _ref("JobDocument")}, "Jobs, oldest first"
+                    ),
                     **_errors(400, 503),
                 },
             },
@@ -158,7 +176,8 @@ def openapi_document() -> dict[str, Any]:
                     "description": "URL-safe base64 of the object key (standard base64 "
                     "and the 2021 absolute-path form are accepted too)",
                     "schema": {"type": "string"},
-                }
+                },
+                _RANGE,
             ],
             "get": {
                 "operationId": "downloadResult",
@@ -178,6 +197,7 @@ def openapi_document() -> dict[str, Any]:
                     "required": True,
                     "schema": {"type": "integer", "minimum": 0},
                 },
+                _RANGE,
             ],
             "get": {
                 "operationId": "downloadResultByIndex",

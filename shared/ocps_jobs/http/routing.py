@@ -69,7 +69,7 @@ class Router:
         lookup = "GET" if method == "HEAD" else method
         allowed: list[str] = []
         for route, pattern in self.routes:
-            found = pattern.match(path)
+            found = pattern.fullmatch(path)  # "$" alone would let a trailing newline through
             if found is None:
                 continue
             if route.method == lookup:

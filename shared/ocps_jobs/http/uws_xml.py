@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from flask import Response
 
 from ..conventions import output_prefix
-from ..errors import MethodNotAllowedError, OCPSError
+from ..errors import AuthenticationRequiredError, MethodNotAllowedError, OCPSError
 from ..models import JobRecord, Phase, ResultFile
 from ..resultids import encode_result_id
 
@@ -96,6 +96,8 @@ def render_uws_error(error: OCPSError) -> Response:
     response = text_response(error.message + "\n", status=error.status)
     if isinstance(error, MethodNotAllowedError):
         response.headers["Allow"] = ", ".join(error.allowed)
+    if isinstance(error, AuthenticationRequiredError):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ocps-jobs"'
     return response
 
 
