@@ -73,15 +73,22 @@ class ServeProcess:
         for line in self.process.stdout:
             self.log.append(line)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server process has used."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def logged(self, text: str) -> bool:
         """Whether the server's output has a line containing ``text``."""
         return any(text in line for line in list(self.log))
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (SIGTERM: a clean shutdown; SIGKILL: a crash)."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,59 +15,21 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.chaos import CLI, ServeProcess
 from tests.helpers import make_pipeline_repo, wait_until
 
 pytestmark = pytest.mark.slow
 
-CLI = Path(sys.executable).with_name("ocps-jobs")
 FINISHED = {"completed", "error", "aborted", "unknown"}
 
 
-class Server:
-    """A running ``ocps-jobs serve``."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.process: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> Server:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("OCPS_")}
-        self.process = subprocess.Popen(
-            [
-                str(CLI),
-                "serve",
-                "--port",
-                "0",
-                "--data-dir",
-                str(self.data_dir),
-                "--max-concurrent-jobs",
-                "2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=environment,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert found, f"unexpected first line: {line!r}"
-        self.url = f"http://127.0.0.1:{found[1]}"
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+def Server(data_dir: Path) -> ServeProcess:
+    """``ocps-jobs serve`` on the embedded default with two job slots."""
+    return ServeProcess(data_dir, "--max-concurrent-jobs", "2")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[ServeProcess]:
     running = Server(tmp_path / "data").start()
     yield running
     running.stop()
@@ -89,7 +49,7 @@ def csc_wait(base: str, job_id: str) -> dict:
     raise AssertionError("job did not finish")
 
 
-def test_the_csc_request_sequence(server: Server, tmp_path: Path) -> None:
+def test_the_csc_request_sequence(server: ServeProcess, tmp_path: Path) -> None:
     repo = make_pipeline_repo(tmp_path)
     base = server.url
     response = requests.put(
@@ -165,7 +125,7 @@ def test_the_csc_request_sequence(server: Server, tmp_path: Path) -> None:
     assert requests.get(f"{base}/api/v1/job/{job_id}", timeout=10).status_code == 404
 
 
-def test_raw_hostile_requests_never_get_a_500(server: Server) -> None:
+def test_raw_hostile_requests_never_get_a_500(server: ServeProcess) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     raw_requests = [
         ("DELETE", "/api/v1/job/%2E%2E", None, {}),
@@ -202,7 +162,7 @@ def test_raw_hostile_requests_never_get_a_500(server: Server) -> None:
     assert requests.get(f"{server.url}/api/v1/job", timeout=10).json() == []
 
 
-def test_jobs_survive_a_crash_of_the_server(server: Server) -> None:
+def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
     done = requests.put(
         f"{server.url}/api/v1/job", json={"command": "echo a > $JOB_OUTPUT_DIR/a"}, timeout=10
     ).json()["jobId"]
@@ -234,7 +194,7 @@ def test_jobs_survive_a_crash_of_the_server(server: Server) -> None:
     subprocess.run(["pkill", "-f", "sleep 120"], check=False)
 
 
-def test_cli_drives_the_server(server: Server, tmp_path: Path) -> None:
+def test_cli_drives_the_server(server: ServeProcess, tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(CLI), *args, "--url", server.url],

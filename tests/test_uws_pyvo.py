@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import requests
 from pyvo.dal import AsyncTAPJob
 from pyvo.dal.exceptions import DALQueryError, DALServiceError
 
+from tests.chaos import ServeProcess
 from tests.helpers import wait_until
-from tests.test_server_end_to_end import CLI
 from tests.test_uws import check_job, check_job_list, valid_xml
 
 pytestmark = pytest.mark.slow
@@ -25,50 +21,20 @@ pytestmark = pytest.mark.slow
 MAX_EXECUTION_DURATION = 3600
 
 
-class UwsServer:
-    """``ocps-jobs serve --port 0`` with UWS limits set through ``OCPS_*`` variables."""
-
-    def __init__(self, data_dir: Path, **settings: str) -> None:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("OCPS_")}
-        environment.update({f"OCPS_{name.upper()}": value for name, value in settings.items()})
-        self.process = subprocess.Popen(
-            [str(CLI), "serve", "--port", "0", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=environment,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert found, f"unexpected first line: {line!r}"
-        self.url = f"http://127.0.0.1:{found[1]}"
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the server process has used."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwsServer]:
-    running = UwsServer(
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    running = ServeProcess(
         tmp_path_factory.mktemp("uws-server") / "data",
-        max_execution_duration=str(MAX_EXECUTION_DURATION),
-        max_concurrent_jobs="4",
-    )
+        env={
+            "OCPS_MAX_EXECUTION_DURATION": str(MAX_EXECUTION_DURATION),
+            "OCPS_MAX_CONCURRENT_JOBS": "4",
+        },
+    ).start()
     yield running
     running.stop()
 
 
-def submit(server: UwsServer, **fields: str) -> str:
+def submit(server: ServeProcess, **fields: str) -> str:
     """Create a job with a plain form POST (pyvo's create sends TAP's ADQL parameters)."""
     response = requests.post(
         f"{server.url}/uws/async", data=fields, allow_redirects=False, timeout=10
@@ -77,7 +43,7 @@ def submit(server: UwsServer, **fields: str) -> str:
     return response.headers["Location"]
 
 
-def test_pyvo_runs_a_job_end_to_end(server: UwsServer) -> None:
+def test_pyvo_runs_a_job_end_to_end(server: ServeProcess) -> None:
     job_url = submit(
         server,
         command='echo "$GREETING" > $JOB_OUTPUT_DIR/greeting.txt',
@@ -124,7 +90,7 @@ def test_pyvo_runs_a_job_end_to_end(server: UwsServer) -> None:
     assert requests.get(job_url, timeout=10).status_code == 404
 
 
-def test_pyvo_aborts_a_running_job(server: UwsServer) -> None:
+def test_pyvo_aborts_a_running_job(server: ServeProcess) -> None:
     job = AsyncTAPJob(
         submit(server, command="echo started > $JOB_OUTPUT_DIR/started.txt; sleep 100")
     )
@@ -142,7 +108,7 @@ def test_pyvo_aborts_a_running_job(server: UwsServer) -> None:
     job.delete()
 
 
-def test_pyvo_sees_errors_and_overrun_aborts(server: UwsServer) -> None:
+def test_pyvo_sees_errors_and_overrun_aborts(server: ServeProcess) -> None:
     with AsyncTAPJob(submit(server, command="echo broken >&2; exit 3")) as failing:
         failing.run().wait(timeout=60)
         assert failing.phase == "ERROR"
@@ -164,7 +130,7 @@ def test_pyvo_sees_errors_and_overrun_aborts(server: UwsServer) -> None:
     overrun.delete()
 
 
-def test_wait_over_http_returns_on_the_phase_change(server: UwsServer) -> None:
+def test_wait_over_http_returns_on_the_phase_change(server: ServeProcess) -> None:
     job_url = submit(server, command="sleep 30")
 
     def waited() -> tuple[float, bytes]:
@@ -187,7 +153,7 @@ def test_wait_over_http_returns_on_the_phase_change(server: UwsServer) -> None:
     requests.delete(job_url, timeout=10)
 
 
-def test_idle_waiters_do_not_burn_cpu(server: UwsServer) -> None:
+def test_idle_waiters_do_not_burn_cpu(server: ServeProcess) -> None:
     job_url = submit(server, command="true")
     waiters = 48  # under the server's 64 HTTP threads
     before = server.cpu_seconds()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,15 +101,25 @@ def cluster_settings(
 
 
 @pytest.fixture
-def cluster_service(
+def make_cluster_service(
     control_plane: ControlPlane, namespace: str, s3_endpoint: str, bucket: str, tmp_path: Path
-) -> JobService:
-    """The service on the Kubernetes backend, its bucket created."""
-    service = build_service(
-        cluster_settings(control_plane, namespace, s3_endpoint, bucket, tmp_path)
-    )
-    service.store.ensure_ready()
-    return service
+) -> Callable[..., JobService]:
+    """Build the Kubernetes-backend service with settings overrides, its bucket created."""
+
+    def make(**overrides: object) -> JobService:
+        service = build_service(
+            cluster_settings(control_plane, namespace, s3_endpoint, bucket, tmp_path, **overrides)
+        )
+        service.store.ensure_ready()
+        return service
+
+    return make
+
+
+@pytest.fixture
+def cluster_service(make_cluster_service: Callable[..., JobService]) -> JobService:
+    """The service on the Kubernetes backend with the default test settings."""
+    return make_cluster_service()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

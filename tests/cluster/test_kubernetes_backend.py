@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from kubernetes.client.exceptions import ApiException
 
 from ocps_jobs.backends import JobUpdate
 from ocps_jobs.conventions import ANNOTATIONS, job_name
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
 from ocps_jobs.models import Caller, JobRequest, Phase
 from ocps_jobs.service import JobService, ListQuery
 from ocps_jobs.sidecar import Uploader, final_record
-from tests.cluster.conftest import ControlPlane, cluster_settings
+from tests.cluster.conftest import ControlPlane
 from tests.helpers import wait_until
 
 ANYONE = Caller()
@@ -146,26 +147,17 @@ def test_success_stays_executing_until_the_manifest_is_uploaded(
 
 
 def test_failing_pod_is_error_with_its_message(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane,
-        namespace,
-        s3_endpoint,
-        bucket,
-        tmp_path,
+    service = make_cluster_service(
         pod_annotations={
             "ocps.test/exit-code": "3",
             "ocps.test/exit-message": "Command exited with code 3:\nboom",
         },
     )
-    service = build_service(settings)
-    service.store.ensure_ready()
     record = service.create_job(JobRequest(command="exit 3"), ANYONE)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"))
     job = service.get_job(record.job_id, ANYONE)
@@ -175,27 +167,18 @@ def test_failing_pod_is_error_with_its_message(
 
 
 def test_failed_git_clone_is_error_with_git_message(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane,
-        namespace,
-        s3_endpoint,
-        bucket,
-        tmp_path,
+    service = make_cluster_service(
         pod_annotations={
             "ocps.test/init-exit-code": "128",
             "ocps.test/init-container": "git-clone",
             "ocps.test/exit-message": "fatal: repository not found",
         },
     )
-    service = build_service(settings)
-    service.store.ensure_ready()
     record = service.create_job(
         JobRequest(command="true", url="https://example.org/missing.git"), ANYONE
     )
@@ -207,23 +190,14 @@ def test_failed_git_clone_is_error_with_git_message(
 
 
 def test_abort_stops_the_pods_and_reports_aborted(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane,
-        namespace,
-        s3_endpoint,
-        bucket,
-        tmp_path,
+    service = make_cluster_service(
         pod_annotations={"ocps.test/run-seconds": "60"},
     )
-    service = build_service(settings)
-    service.store.ensure_ready()
     record = service.create_job(JobRequest(command="sleep 60"), ANYONE)
     wait_until(lambda: service.get_job(record.job_id, ANYONE).phase is Phase.EXECUTING)
     aborted = service.abort_job(record.job_id, ANYONE)
@@ -239,23 +213,14 @@ def test_abort_stops_the_pods_and_reports_aborted(
 
 
 def test_execution_duration_overrun_is_aborted(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane,
-        namespace,
-        s3_endpoint,
-        bucket,
-        tmp_path,
+    service = make_cluster_service(
         pod_annotations={"ocps.test/run-seconds": "60"},
     )
-    service = build_service(settings)
-    service.store.ensure_ready()
     record = service.create_job(JobRequest(command="sleep 60"), ANYONE, start=False)
     assert service.get_job(record.job_id, ANYONE).phase is Phase.PENDING
     assert not k8s.CoreV1Api(kube).list_namespaced_pod(namespace).items
@@ -269,18 +234,12 @@ def test_execution_duration_overrun_is_aborted(
 
 
 def test_ttl_deleted_job_is_answered_from_its_archive(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane, namespace, s3_endpoint, bucket, tmp_path, job_ttl_seconds=3
-    )
-    service = build_service(settings)
-    service.store.ensure_ready()
+    service = make_cluster_service(job_ttl_seconds=3)
     client: FlaskClient = create_embedded_app(service).test_client()
     job_id = client.put("/api/v1/job", json={"command": "true", "run_id": "kept"}).get_json()[
         "jobId"
@@ -409,23 +368,14 @@ def test_functions_in_process_on_the_cluster(
 
 
 def test_failed_upload_is_error_not_executing_forever(
-    control_plane: ControlPlane,
+    make_cluster_service: Callable[..., JobService],
     namespace: str,
-    s3_endpoint: str,
-    bucket: str,
     tmp_path: Path,
     kube: k8s.ApiClient,
 ) -> None:
-    settings = cluster_settings(
-        control_plane,
-        namespace,
-        s3_endpoint,
-        bucket,
-        tmp_path,
+    service = make_cluster_service(
         pod_annotations={"ocps.test/sidecar-exit-code": "1"},
     )
-    service = build_service(settings)
-    service.store.ensure_ready()
     record = service.create_job(JobRequest(command="true"), ANYONE)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
     job = wait_until(
