@@ -115,10 +115,12 @@ def _serve(args: argparse.Namespace) -> int:
         # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
         connection_limit=max(100, 2 * args.threads),
         asyncore_use_poll=True,
-        # Downloads stream through waitress's output buffer: keep it in memory up to the
-        # high watermark (16 MiB, at which the app thread waits for the client) instead of
-        # spilling each chunk to a temporary file past 1 MiB (2x the download throughput).
-        outbuf_overflow=16 * 1024 * 1024,
+        # Downloads stream through waitress's output buffer: the app thread waits once 4 MiB
+        # are queued for a client, and the queue stays in memory instead of spilling each
+        # 1 MiB chunk to a temporary file past waitress's default 1 MiB (2x the throughput;
+        # memory per download stays bounded, whatever the file's size).
+        outbuf_overflow=8 * 1024 * 1024,
+        outbuf_high_watermark=4 * 1024 * 1024,
         ident="ocps-jobs",
         # Bodies up to 4x the API limit reach the app (which answers a JSON 413); larger
         # declared bodies are refused by waitress at once instead of being spooled to disk.

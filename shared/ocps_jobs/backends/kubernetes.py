@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..config import Settings
@@ -60,6 +59,8 @@ T = TypeVar("T")
 PAGE_SIZE = 500
 REQUEST_TIMEOUT = (5, 30)
 MANIFEST_RECHECK_SECONDS = 1.0
+# Each watch request ends after this long (the apiserver caps it too); it resumes at once.
+WATCH_SECONDS = 300
 _MISSING_TTL_SECONDS = 5.0
 
 
@@ -113,6 +114,306 @@ def record_from_job(
     )
 
 
+def _trim_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What ``record_from_job`` and the phase need of a Job (no managedFields, no scripts)."""
+    metadata = job.get("metadata") or {}
+    spec = job.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    return {
+        "metadata": {
+            key: metadata.get(key)
+            for key in ("name", "labels", "annotations", "creationTimestamp", "resourceVersion")
+        },
+        "spec": {
+            "suspend": spec.get("suspend"),
+            "activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": c.get("name"), "env": c.get("env")}
+                        for c in containers
+                        if c.get("name") == CONTAINER_JOB
+                    ]
+                }
+            },
+        },
+        "status": job.get("status") or {},
+    }
+
+
+def _trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the phase needs of a Pod: its labels and container states."""
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {key: metadata.get(key) for key in ("name", "labels", "resourceVersion")},
+        "status": {
+            key: status.get(key)
+            for key in ("phase", "initContainerStatuses", "containerStatuses")
+            if key in status
+        },
+    }
+
+
+def _job_id_of(item: dict[str, Any]) -> str | None:
+    labels = (item.get("metadata") or {}).get("labels") or {}
+    job_id: str | None = labels.get(LABEL_JOB_ID)
+    return job_id
+
+
+def _newer(candidate: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Whether ``candidate`` is at least as recent as ``current`` (etcd revisions)."""
+    if current is None:
+        return True
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(
+            current["metadata"]["resourceVersion"]
+        )
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+class _Waiters:
+    """The waiters on one job: their condition and a counter of changes seen for it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.condition = threading.Condition(lock)
+        self.count = 0
+        self.changes = 0
+
+
+class _Informer:
+    """One watch of the namespace's Jobs and one of their Pods, for the whole process.
+
+    Keeps a trimmed copy of every managed Job and Pod, current within the watch's latency,
+    so that get and list need no API call, and wakes exactly the waiters of a job that
+    changed: a blocked UWS WAIT costs no polling, no API call and no CPU while it sleeps.
+    Until both watches have listed their objects (and after a watch fails, until it has
+    listed them again) ``synced`` is false and the backend reads the API instead.
+    """
+
+    def __init__(self, backend: KubernetesBackend) -> None:
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, dict[str, Any]]] = {}
+        self.waiters: dict[str, _Waiters] = {}
+        self.deleted: dict[str, float] = {}  # job id -> when this process deleted it
+        self._synced = {"jobs": threading.Event(), "pods": threading.Event()}
+        self._responses: dict[str, Any] = {}
+        self.stopped = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(kind,), name=f"ocps-watch-{kind}", daemon=True)
+            for kind in ("jobs", "pods")
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def synced(self) -> bool:
+        return all(event.is_set() for event in self._synced.values())
+
+    # --- the watches --------------------------------------------------------------------
+
+    def _function(self, kind: str) -> Callable[..., Any]:
+        if kind == "jobs":
+            return self.backend.batch.list_namespaced_job
+        return self.backend.core.list_namespaced_pod
+
+    def _run(self, kind: str) -> None:
+        version: str | None = None
+        failures = 0
+        while not self.stopped.is_set():
+            try:
+                if version is None:
+                    version = self._relist(kind)
+                version = self._watch(kind, version)
+                failures = 0
+            except Exception as error:  # the watch must outlive any API failure
+                if self.stopped.is_set():
+                    return
+                self._synced[kind].clear()
+                failures += 1
+                log.warning("watch of %s failed (%s); listing again", kind, error)
+                version = None
+                self.stopped.wait(min(30.0, 0.5 * 2**failures))
+
+    def _relist(self, kind: str) -> str:
+        backend = self.backend
+        items: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = backend._raw(
+                f"list {kind}",
+                self._function(kind),
+                backend.namespace,
+                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+                limit=PAGE_SIZE,
+                _continue=token,
+            )
+            # Trimmed page by page: a list of 10,000 whole Jobs is hundreds of MB of objects.
+            trim = _trim_job if kind == "jobs" else _trim_pod
+            items.extend(trim(item) for item in page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+        version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        with self.lock:
+            if kind == "jobs":
+                self.jobs = {job_id: item for item in items if (job_id := _job_id_of(item))}
+            else:
+                pods: dict[str, dict[str, dict[str, Any]]] = {}
+                for item in items:
+                    if job_id := _job_id_of(item):
+                        pods.setdefault(job_id, {})[item["metadata"]["name"]] = item
+                self.pods = pods
+            for waiters in self.waiters.values():  # anything may have changed meanwhile
+                waiters.changes += 1
+                waiters.condition.notify_all()
+        self._synced[kind].set()
+        return version
+
+    def _watch(self, kind: str, version: str) -> str | None:
+        """Apply events until the server ends the watch; the version to resume from."""
+        response = self._function(kind)(
+            self.backend.namespace,
+            label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=(5, WATCH_SECONDS + 30),
+        )
+        self._responses[kind] = response
+        try:
+            buffer = b""
+            for segment in response.stream(amt=None, decode_content=False):
+                buffer += segment
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    item = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if item.get("code") == 410:  # too old: list again
+                            return None
+                        raise RuntimeError(item.get("message") or "watch error")
+                    version = (item.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") != "BOOKMARK":
+                        self._apply(kind, event.get("type"), item)
+                if self.stopped.is_set():
+                    return version
+        finally:
+            self._responses.pop(kind, None)
+            response.release_conn()
+        return version
+
+    def _apply(self, kind: str, action: str | None, item: dict[str, Any]) -> None:
+        job_id = _job_id_of(item)
+        if job_id is None:
+            return
+        with self.lock:
+            if kind == "jobs":
+                if action == "DELETED":
+                    self.jobs.pop(job_id, None)
+                elif job_id not in self.deleted and _newer(item, self.jobs.get(job_id)):
+                    self.jobs[job_id] = _trim_job(item)
+            else:
+                name = item["metadata"]["name"]
+                pods = self.pods.setdefault(job_id, {})
+                if action == "DELETED":
+                    pods.pop(name, None)
+                    if not pods:
+                        del self.pods[job_id]
+                elif _newer(item, pods.get(name)):
+                    pods[name] = _trim_pod(item)
+            self._notify(job_id)
+
+    def _notify(self, job_id: str) -> None:
+        waiters = self.waiters.get(job_id)
+        if waiters is not None:
+            waiters.changes += 1
+            waiters.condition.notify_all()
+
+    # --- what the backend reads and writes ----------------------------------------------
+
+    def view(self, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The cached Job and its Pods, or None when not synced or not cached."""
+        if not self.synced:
+            return None
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            return job, list(self.pods.get(job_id, {}).values())
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]] | None:
+        """Every cached Job and the Pods of each job id, or None when not synced."""
+        if not self.synced:
+            return None
+        with self.lock:
+            return list(self.jobs.values()), {
+                job_id: list(pods.values()) for job_id, pods in self.pods.items()
+            }
+
+    def store(self, job: dict[str, Any]) -> None:
+        """A Job this process just wrote (read-your-writes before the watch sees it)."""
+        job_id = _job_id_of(job)
+        if job_id is None:
+            return
+        with self.lock:
+            if _newer(job, self.jobs.get(job_id)):
+                self.jobs[job_id] = _trim_job(job)
+            self._notify(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """A Job this process deleted: gone at once for this process."""
+        now = time.monotonic()
+        with self.lock:
+            self.jobs.pop(job_id, None)
+            self.deleted[job_id] = now
+            for old in [key for key, when in self.deleted.items() if now - when > 300]:
+                del self.deleted[old]
+            self._notify(job_id)
+
+    def wait(self, job_id: str, seen: int, timeout: float) -> None:
+        """Sleep until the job's change counter moves past ``seen`` or ``timeout`` passes."""
+        with self.lock:
+            waiters = self.waiters[job_id]
+            waiters.condition.wait_for(
+                lambda: waiters.changes != seen or self.stopped.is_set(), timeout=timeout
+            )
+
+    def enter(self, job_id: str) -> int:
+        """Register a waiter on the job; its change counter now."""
+        with self.lock:
+            waiters = self.waiters.setdefault(job_id, _Waiters(self.lock))
+            waiters.count += 1
+            return waiters.changes
+
+    def changes(self, job_id: str) -> int:
+        with self.lock:
+            return self.waiters[job_id].changes
+
+    def leave(self, job_id: str) -> None:
+        with self.lock:
+            waiters = self.waiters[job_id]
+            waiters.count -= 1
+            if waiters.count == 0:
+                del self.waiters[job_id]
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self.lock:
+            for waiters in self.waiters.values():
+                waiters.condition.notify_all()
+        for response in list(self._responses.values()):
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+
 class KubernetesBackend:
     """Jobs as ``batch/v1`` Jobs with metadata in annotations; outputs via the sidecar."""
 
@@ -129,6 +430,16 @@ class KubernetesBackend:
         self._missing: dict[str, float] = {}
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocps-manifest")
+        self._informer: _Informer | None = None
+        self._closed = False
+        self._records: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
+
+    def _informed(self) -> _Informer:
+        """The process's watches of Jobs and Pods, started on first use."""
+        with self._cache_lock:
+            if self._informer is None:
+                self._informer = _Informer(self)
+            return self._informer
 
     # --- API access ------------------------------------------------------------------------
 
@@ -244,47 +555,90 @@ class KubernetesBackend:
     def create(self, record: JobRecord, *, start: bool) -> JobRecord:
         """Create the Job (suspended while PENDING)."""
         job = build_job(record, self.settings, suspend=not start)
-        self._call("create job", self.batch.create_namespaced_job, self.namespace, job)
+        # Raw: the created Job is not deserialized into client models (half the cost).
+        created = self._raw("create job", self.batch.create_namespaced_job, self.namespace, job)
+        if self._informer is not None:
+            self._informer.store(created)
         record.phase = Phase.QUEUED if start else Phase.PENDING
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
-        """From the Job and its pods; from the archived record once Kubernetes removed it."""
-        job = self._read_job(job_id)
-        if job is None:
-            return self._archived(job_id)
-        pods = self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
+        """From the Job and its pods; from the archived record once Kubernetes removed it.
+
+        The watched copy answers when it has the Job; the API otherwise (not yet synced,
+        or a Job another process created an instant ago).
+        """
+        view = self._informed().view(job_id)
+        if view is not None:
+            job, pods = view
+        else:
+            found = self._read_job(job_id)
+            if found is None:
+                return self._archived(job_id)
+            job = found
+            pods = self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
         results = self._results(job_id) if self._needs_manifest(job) else None
         return record_from_job(job, pods, results)
 
     def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """One paginated list of Jobs and one of Pods: no per-job API calls."""
+        """From the watched copies; else one paginated list of Jobs and one of Pods."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if owner is not None:
             selector += f",{LABEL_OWNER}={owner_label(owner)}"
-        jobs = self._list("list jobs", self.batch.list_namespaced_job, selector)
-        pods = self._pods(selector) if jobs else {}
+        snapshot = self._informed().snapshot()
+        if snapshot is not None:
+            jobs, pods = snapshot
+            if owner is not None:
+                wanted = owner_label(owner)
+                jobs = [job for job in jobs if job["metadata"]["labels"].get(LABEL_OWNER) == wanted]
+        else:
+            jobs = self._list("list jobs", self.batch.list_namespaced_job, selector)
+            pods = self._pods(selector) if jobs else {}
         finished = [job for job in jobs if self._needs_manifest(job)]
         ids = [job["metadata"]["labels"][LABEL_JOB_ID] for job in finished]
         manifests = dict(zip(ids, self._pool.map(self._results, ids), strict=True))
         records = []
+        built: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
         for job in jobs:
             job_id = job["metadata"]["labels"][LABEL_JOB_ID]
-            try:
-                records.append(record_from_job(job, pods.get(job_id, []), manifests.get(job_id)))
-            except (KeyError, ValueError) as error:
-                log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
+            job_pods = pods.get(job_id, [])
+            results = manifests.get(job_id)
+            # A record is built once per version of its Job, Pods and manifest: a list of
+            # 10,000 unchanged Jobs costs lookups, not 10,000 model validations.
+            key = (
+                job["metadata"].get("resourceVersion"),
+                tuple(pod["metadata"].get("resourceVersion") for pod in job_pods),
+                id(results) if results is not None else None,
+            )
+            cached = self._records.get(job_id)
+            if cached is not None and cached[0] == key and key[0] is not None:
+                record = cached[1]
+            else:
+                try:
+                    record = record_from_job(job, job_pods, results)
+                except (KeyError, ValueError) as error:
+                    log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
+                    continue
+            built[job_id] = (key, record)
+            records.append(record)  # shared with later lists: callers only read records
+        if snapshot is not None:
+            if owner is None:
+                self._records = built  # only the Jobs that still exist stay cached
+            else:
+                self._records.update(built)
         if owner is not None:
             records = [record for record in records if record.owner == owner]
         return records
 
     def _patch(self, job_id: str, body: dict[str, Any]) -> None:
         try:
-            self._call(
+            patched = self._raw(
                 "patch job", self.batch.patch_namespaced_job, job_name(job_id), self.namespace, body
             )
         except _Missing:
             raise JobNotFoundError(f"No job {job_id}") from None
+        if self._informer is not None:
+            self._informer.store(patched)
 
     def _require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
@@ -338,6 +692,9 @@ class KubernetesBackend:
                 self.namespace,
                 propagation_policy="Background",
             )
+        if self._informer is not None:
+            self._informer.forget(job_id)
+        self._records.pop(job_id, None)
         self.store.delete_prefix(job_prefix(job_id))
         with self._cache_lock:
             self._manifests.pop(job_id, None)
@@ -367,34 +724,33 @@ class KubernetesBackend:
         return record
 
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
-        """Watch the Job until its phase differs; a completed Job waits for its manifest."""
+        """Sleep until the watch reports a change of the job, then look again.
+
+        No API call and no CPU while nothing changes: the process's one watch wakes the
+        waiters of exactly the job that changed. A completed Job waits for its manifest,
+        which only the object store knows: that is looked up once a second.
+        """
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            record = self.get(job_id)
-            if record is None or record.phase != phase:
-                return
-            job = self._read_job(job_id)
-            if job is not None and self._needs_manifest(job):
-                time.sleep(min(MANIFEST_RECHECK_SECONDS, remaining))
-                continue
-            watcher = k8s_watch.Watch()
-            try:
-                for _event in watcher.stream(
-                    self.batch.list_namespaced_job,
-                    self.namespace,
-                    field_selector=f"metadata.name={job_name(job_id)}",
-                    timeout_seconds=max(1, int(min(remaining, 30))),
-                    _request_timeout=(5, min(remaining, 30) + 5),
-                ):
-                    break
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
-                log.warning("watch of job %s failed: %s", job_id, error)
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            finally:
-                watcher.stop()
+        informer = self._informed()
+        seen = informer.enter(job_id)
+        try:
+            while (remaining := deadline - time.monotonic()) > 0 and not self._closed:
+                record = self.get(job_id)
+                if record is None or record.phase != phase:
+                    return
+                view = informer.view(job_id)
+                if view is not None and self._needs_manifest(view[0]):
+                    remaining = min(remaining, MANIFEST_RECHECK_SECONDS)
+                informer.wait(job_id, seen, remaining)
+                seen = informer.changes(job_id)
+        finally:
+            informer.leave(job_id)
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Stop the watches and release the connection pool."""
+        self._closed = True
+        if self._informer is not None:
+            self._informer.stop()
         self._pool.shutdown(wait=False)
         self.api.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +83,18 @@ class S3Store:
             self._call("create bucket", self.client.create_bucket, Bucket=self.bucket)
 
     def put_file(self, key: str, path: str, content_type: str) -> None:
-        """Upload a file, multipart and concurrent above the threshold."""
+        """Upload a file, multipart and concurrent above the threshold.
+
+        Below it, one PUT: ``upload_file`` would start a transfer manager and its threads
+        for every small file, which costs more than the upload itself.
+        """
         try:
+            if os.path.getsize(path) < self.transfer.multipart_threshold:
+                with open(path, "rb") as body:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+                    )
+                return
             self.client.upload_file(
                 path,
                 self.bucket,

@@ -1,0 +1,56 @@
+"""One upload in a fresh process, so that its peak RSS is its own: prints a JSON line.
+
+``python -m bench.upload_worker uploader|sequential ENDPOINT BUCKET DIR JOB_ID``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    mode, endpoint, bucket, folder, job_id = sys.argv[1:6]
+    output_dir = Path(folder)
+    if mode == "uploader":
+        from ocps_jobs.objectstore.s3 import S3Store
+        from ocps_jobs.sidecar import Uploader
+
+        store = S3Store(bucket, endpoint)
+        store.client.head_bucket(Bucket=bucket)  # connect before the clock starts
+        started = time.perf_counter()
+        manifest = Uploader(store, job_id, output_dir).finish()
+        seconds = time.perf_counter() - started
+        count = len(manifest["files"])
+    elif mode == "sequential":
+        import boto3
+
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        client.head_bucket(Bucket=bucket)
+        started = time.perf_counter()
+        count = 0
+        for folder_path, _dirs, files in os.walk(output_dir):
+            for name in sorted(files):
+                path = os.path.join(folder_path, name)
+                relative = os.path.relpath(path, output_dir)
+                client.upload_file(path, bucket, f"baseline/{job_id}/{relative}")
+                count += 1
+        seconds = time.perf_counter() - started
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the
+    # benchmark process that started this one.
+    peak_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    print(json.dumps({"mode": mode, "seconds": seconds, "files": count, "peak_rss_kb": peak_kb}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
