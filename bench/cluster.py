@@ -196,23 +196,7 @@ def bench_wait(work: Path, quick: bool, plane: ControlPlane, endpoint: str) -> l
     with k8s_server(work, "wait-k8s", plane, namespace, endpoint) as server:
         server.start()
         server.wait_ready("/api/v1/job", want=200)
-        connection = Connection(server.port)
-        body = urlencode({"command": "sleep 5"}).encode()
-
-        def create() -> str:
-            status, _ = connection.request("POST", "/uws/async", body, FORM)
-            assert status == 303, status
-            status, data = connection.request("GET", "/api/v1/job?phase=pending")
-            return str(json.loads(data)[-1]["jobId"])
-
-        def start(job_id: str) -> None:
-            status, _ = Connection(server.port, timeout=90).request(
-                "POST", f"/uws/async/{job_id}/phase", b"PHASE=RUN", FORM
-            )
-            assert status == 303, status
-
-        stats = wait_fanout(server, 200, idle, create, start, "/api/v1/job")
-        connection.close()
+        stats = wait_fanout(server, 200, idle)
     return [wait_verdict("wait_fanout_k8s", stats)]
 
 

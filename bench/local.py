@@ -132,21 +132,34 @@ def bench_poll(work: Path, quick: bool) -> list[Result]:
     ]
 
 
-def wait_fanout(
-    server: Server,
-    waiters: int,
-    idle_seconds: float,
-    create: Any,
-    start: Any,
-    other_path: str,
-) -> dict[str, Any]:
-    """Block ``waiters`` UWS WAITs on one PENDING job, measure idle CPU, then start it.
+def _create_pending(server: Server) -> str:
+    """A PENDING job created through UWS (no PHASE=RUN); its id."""
+    connection = Connection(server.port)
+    body = urlencode({"command": "sleep 5"}).encode()
+    status, _ = connection.request("POST", "/uws/async", body, FORM)
+    assert status == 303, status
+    status, data = connection.request("GET", "/api/v1/job?phase=pending")
+    connection.close()
+    return str(json.loads(data)[-1]["jobId"])
 
-    ``create()`` returns a PENDING job id; ``start(job_id)`` moves it on. Reports when
-    every waiter was answered after the change, and the server's CPU while they waited
-    against the same server's CPU with nobody waiting.
+
+def _run(server: Server, job_id: str) -> None:
+    """PHASE=RUN on a PENDING job: the one phase change the waiters wait for."""
+    status, _ = Connection(server.port, timeout=90).request(
+        "POST", f"/uws/async/{job_id}/phase", b"PHASE=RUN", FORM
+    )
+    assert status == 303, status
+
+
+def wait_fanout(
+    server: Server, waiters: int, idle_seconds: float, other_path: str = "/api/v1/job"
+) -> dict[str, Any]:
+    """Block ``waiters`` UWS WAITs on one PENDING job, measure idle CPU, then run it.
+
+    Reports when every waiter was answered after the change, and the server's CPU while
+    they waited against the same server's CPU with nobody waiting.
     """
-    job_id = create()
+    job_id = _create_pending(server)
     pid = server.pid
     time.sleep(1.0)
     before = cpu_seconds(pid)
@@ -194,7 +207,7 @@ def wait_fanout(
     probe.close()
 
     changed = time.perf_counter()
-    start(job_id)
+    _run(server, job_id)
     for thread in threads:
         thread.join(timeout=70)
     last = max(answered) - changed if answered else float("nan")
@@ -243,23 +256,7 @@ def bench_wait(work: Path, quick: bool) -> list[Result]:
     with ocps_server(work, "wait-local", ["--max-concurrent-jobs", "2"]) as server:
         server.start()
         server.wait_ready("/api/v1/job", want=200)
-        connection = Connection(server.port)
-        body = urlencode({"command": "sleep 5"}).encode()
-
-        def create() -> str:
-            status, _ = connection.request("POST", "/uws/async", body, FORM)
-            assert status == 303
-            status, data = connection.request("GET", "/api/v1/job?phase=pending")
-            return str(json.loads(data)[-1]["jobId"])
-
-        def start(job_id: str) -> None:
-            status, _ = Connection(server.port, timeout=90).request(
-                "POST", f"/uws/async/{job_id}/phase", b"PHASE=RUN", FORM
-            )
-            assert status == 303, status
-
-        stats = wait_fanout(server, waiters, idle, create, start, "/api/v1/job")
-        connection.close()
+        stats = wait_fanout(server, waiters, idle)
     return [wait_verdict("wait_fanout_local", stats)]
 
 
