@@ -186,6 +186,14 @@ class ResultFile(BaseModel):
     size: int
     content_type: str = "application/octet-stream"
 
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> list[ResultFile]:
+        """The results an upload manifest lists; KeyError/TypeError when it is malformed."""
+        return [
+            cls(key=item["key"], size=item["size"], content_type=item["contentType"])
+            for item in manifest["files"]
+        ]
+
 
 class JobRecord(BaseModel):
     """Everything the service knows of one job; persisted and archived as JSON."""

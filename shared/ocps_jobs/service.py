@@ -236,11 +236,7 @@ class JobService:
         if data is None:
             return []
         try:
-            files = json.loads(data)["files"]
-            return [
-                ResultFile(key=item["key"], size=item["size"], content_type=item["contentType"])
-                for item in files
-            ]
+            return ResultFile.from_manifest(json.loads(data))
         except (ValueError, KeyError, TypeError) as error:
             log.error("unreadable manifest for job %s: %s", record.job_id, error)
             return []

@@ -516,10 +516,7 @@ class KubernetesBackend:
                 self._missing[job_id] = time.monotonic()
             return None
         try:
-            results = [
-                ResultFile(key=item["key"], size=item["size"], content_type=item["contentType"])
-                for item in json.loads(data)["files"]
-            ]
+            results = ResultFile.from_manifest(json.loads(data))
         except (ValueError, KeyError, TypeError):
             log.error("unreadable manifest of job %s", job_id)
             return None

@@ -354,10 +354,7 @@ class LocalBackend:
             log.exception("upload of job %s outputs failed", job_id)
             self._finish(job_id, run, Phase.ERROR, f"Upload of the job's results failed: {error}")
             return
-        results = [
-            ResultFile(key=item["key"], size=item["size"], content_type=item["contentType"])
-            for item in manifest["files"]
-        ]
+        results = ResultFile.from_manifest(manifest)
         if run.abort_reason is not None:
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason, results)
         elif message is not None:
