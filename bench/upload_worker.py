@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,19 @@ def main() -> int:
         for line in Path("/proc/self/status").read_text().splitlines()
         if line.startswith("VmHWM:")
     )
-    print(json.dumps({"mode": mode, "seconds": seconds, "files": count, "peak_rss_kb": peak_kb}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # includes imports and connecting
+    cpu_seconds = round(usage.ru_utime + usage.ru_stime, 2)
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "seconds": seconds,
+                "files": count,
+                "peak_rss_kb": peak_kb,
+                "process_cpu_s": cpu_seconds,
+            }
+        )
+    )
     return 0
 
 

@@ -118,3 +118,25 @@ def test_s3_outage_is_503_json_not_500(tmp_path: Path, s3_credentials: None) -> 
         assert response.status_code == 200 and response.get_json() == []
     finally:
         service.close()
+
+
+def test_large_file_goes_multipart_in_one_read_with_its_checksum(
+    tmp_path: Path, s3_endpoint: str, bucket: str, minio: Minio, s3_credentials: None
+) -> None:
+    from ocps_jobs.objectstore.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Store
+
+    size = MULTIPART_THRESHOLD + PART_SIZE // 2 + 12345  # parts, the last a short one
+    data = hashlib.sha256(b"seed").digest() * (size // 32) + b"tail"
+    source = tmp_path / "coadd.fits"
+    source.write_bytes(data)
+    store = S3Store(bucket, s3_endpoint, max_concurrency=2)
+    store.ensure_ready()
+
+    checksum = store.put_file("jobs/j/out/coadd.fits", str(source), "application/fits")
+
+    assert checksum == hashlib.sha256(data).hexdigest()
+    stat = minio.stat_object(bucket, "jobs/j/out/coadd.fits")
+    parts = -(-len(data) // PART_SIZE)
+    assert stat.etag is not None and stat.etag.endswith(f"-{parts}")  # a multipart upload
+    assert stat.content_type == "application/fits"
+    assert minio.get_object(bucket, "jobs/j/out/coadd.fits").read() == data

@@ -660,9 +660,9 @@ class FlakyStore(FilesystemStore):
             self.failures[key] = left - 1 if left > 0 else left
             raise BackendUnavailableError(f"Object store unavailable (put {key})")
 
-    def put_file(self, key: str, path: str, content_type: str) -> None:
+    def put_file(self, key: str, path: str, content_type: str) -> str:
         self._maybe_fail(key)
-        super().put_file(key, path, content_type)
+        return super().put_file(key, path, content_type)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._maybe_fail(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -61,14 +60,6 @@ def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
             yield OutputFile(relative, path, stat.st_size, stat.st_mtime_ns)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Uploader:
     """Uploads one job's outputs, concurrently, with retries; writes the manifest last."""
 
@@ -114,13 +105,11 @@ class Uploader:
     def _upload_one(self, item: OutputFile) -> None:
         key = output_key(self.job_id, item.relative_path)
 
-        def upload() -> str:
-            checksum = _sha256(item.path)
-            self.store.put_file(key, item.path, guess_content_type(item.relative_path))
-            return checksum
-
+        content_type = guess_content_type(item.relative_path)
         try:
-            checksum = self.retry(f"upload of {key}", upload)
+            checksum = self.retry(
+                f"upload of {key}", lambda: self.store.put_file(key, item.path, content_type)
+            )
         except FileNotFoundError:
             log.info("%s disappeared before it could be uploaded", item.relative_path)
             self._present.discard(item.relative_path)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-__all__ = ["ObjectInfo", "ObjectStore", "ObjectStream", "guess_content_type"]
+__all__ = ["HashingReader", "ObjectInfo", "ObjectStore", "ObjectStream", "guess_content_type"]
 
 # Types mimetypes does not know but pipelines write.
 _EXTRA_TYPES = {
@@ -31,6 +32,36 @@ def guess_content_type(name: str) -> str:
             return content_type
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
+
+
+class HashingReader:
+    """A file read front to back whose SHA-256 is that of exactly the bytes read.
+
+    Where a store copies or sends what it reads, the checksum in the manifest is of the
+    bytes stored, computed in the same pass rather than in a second read of the file.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative), added to the digest."""
+        data = self._source.read(size)
+        self._digest.update(data)
+        return data
+
+    def readable(self) -> bool:
+        """Always: this is a reader."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never: a seek would make the digest differ from the bytes stored."""
+        return False
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of the bytes read so far, in hex."""
+        return self._digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,8 +95,8 @@ class ObjectStore(Protocol):
     def ensure_ready(self) -> None:
         """Create the bucket or folder if it does not exist."""
 
-    def put_file(self, key: str, path: str, content_type: str) -> None:
-        """Upload a local file to ``key``."""
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        """Upload a local file to ``key``, reading it once; the SHA-256 of what was stored."""
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` at ``key``."""

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import ObjectInfo, ObjectStream, guess_content_type
+from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
 
 __all__ = ["FilesystemStore"]
 
@@ -46,14 +46,12 @@ class FilesystemStore:
                 os.unlink(temporary)
             raise
 
-    def put_file(self, key: str, path: str, content_type: str) -> None:
-        """Copy a file in, atomically."""
-
-        def copy(out: BinaryIO) -> None:
-            with open(path, "rb") as source:
-                shutil.copyfileobj(source, out, CHUNK_SIZE)
-
-        self._write_atomically(key, copy)
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        """Copy a file in, atomically; the SHA-256 of the bytes copied."""
+        with open(path, "rb") as source:
+            reader = HashingReader(source)
+            self._write_atomically(key, lambda out: shutil.copyfileobj(reader, out, CHUNK_SIZE))
+        return reader.hexdigest()
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Write bytes, atomically."""

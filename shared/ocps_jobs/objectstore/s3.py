@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import BackendUnavailableError
-from .base import ObjectInfo, ObjectStream, guess_content_type
+from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -23,6 +23,8 @@ __all__ = ["S3Store"]
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -51,13 +53,16 @@ class S3Store:
                 retries={"max_attempts": 5, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
-                s3={"addressing_style": "path"},
+                # Over plain HTTP botocore would hash every byte once more (SHA-256) to sign
+                # the body, and the server would hash it again to check: the same as over
+                # HTTPS instead, an unsigned body with a CRC32 checksum per request.
+                s3={"addressing_style": "path", "payload_signing_enabled": False},
                 max_pool_connections=max(10, max_concurrency * 2),
             ),
         )
         self.transfer = TransferConfig(
-            multipart_threshold=16 * 1024 * 1024,
-            multipart_chunksize=16 * 1024 * 1024,
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=PART_SIZE,
             max_concurrency=max_concurrency,
             use_threads=True,
         )
@@ -82,27 +87,32 @@ class S3Store:
                 ) from error
             self._call("create bucket", self.client.create_bucket, Bucket=self.bucket)
 
-    def put_file(self, key: str, path: str, content_type: str) -> None:
-        """Upload a file, multipart and concurrent above the threshold.
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        """Upload a file; the SHA-256 of its bytes, computed while they go up.
 
-        Below it, one PUT: ``upload_file`` would start a transfer manager and its threads
-        for every small file, which costs more than the upload itself.
+        Below the multipart threshold, one PUT of the bytes read once (``upload_file`` would
+        start a transfer manager and its threads for every small file, which costs more
+        than the upload). Above it, s3transfer uploads the parts concurrently, each read
+        from the file by its own thread, while this thread reads the file once more for
+        its checksum: the hashing overlaps the upload instead of preceding it.
         """
         try:
-            if os.path.getsize(path) < self.transfer.multipart_threshold:
-                with open(path, "rb") as body:
+            with open(path, "rb") as source:
+                reader = HashingReader(source)
+                if os.fstat(source.fileno()).st_size < self.transfer.multipart_threshold:
                     self.client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+                        Bucket=self.bucket, Key=key, Body=reader.read(), ContentType=content_type
                     )
-                return
-            self.client.upload_file(
-                path,
-                self.bucket,
-                key,
-                ExtraArgs={"ContentType": content_type},
-                Config=self.transfer,
-            )
-        except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as error:
+                    return reader.hexdigest()
+                with create_transfer_manager(self.client, self.transfer) as manager:
+                    upload = manager.upload(
+                        path, self.bucket, key, extra_args={"ContentType": content_type}
+                    )
+                    while reader.read(CHUNK_SIZE):
+                        pass
+                    upload.result()
+                return reader.hexdigest()
+        except (BotoCoreError, ClientError) as error:
             raise BackendUnavailableError(f"Upload of {key} failed: {error}") from error
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
