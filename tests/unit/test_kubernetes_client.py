@@ -1,0 +1,77 @@
+"""How the Kubernetes backend uses the client library: the Job's JSON and credential refresh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiClient
+
+from ocps_jobs.backends.kubernetes import _ThrottledRefresh
+from ocps_jobs.config import Settings
+from ocps_jobs.jobspec import build_job, job_json
+from ocps_jobs.models import EnvironmentVariable, JobParameters, JobRecord, utcnow
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        JobParameters(command="true"),
+        JobParameters(
+            command="run.sh --visit 12",
+            environment=[EnvironmentVariable(name="BUTLER", value="s3://repo")],
+            url="https://github.com/lsst-dm/example.git",
+            commit_ref="v1.2",
+        ),
+    ],
+    ids=["plain", "git-and-environment"],
+)
+@pytest.mark.parametrize("suspend", [True, False])
+def test_job_json_is_the_clients_own_serialization(
+    parameters: JobParameters, suspend: bool, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(backend="kubernetes", namespace="ocps", data_dir=tmp_path)
+    record = JobRecord(
+        job_id="0123abcd",
+        run_id="run-7",
+        owner="csc",
+        creation_time=utcnow(),
+        parameters=parameters,
+    )
+    job = build_job(record, settings, suspend=suspend)
+
+    assert json.loads(job_json(job)) == ApiClient().sanitize_for_serialization(job)
+
+
+class LoaderConfiguration:
+    """Stands in for the client's Configuration as the kubeconfig loader leaves it."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.refresh_api_key_hook: Any = self.loader_hook
+
+    def loader_hook(self, configuration: LoaderConfiguration) -> None:
+        # The real loader re-applies its configuration, which sets its hook anew.
+        self.refreshes += 1
+        configuration.refresh_api_key_hook = self.loader_hook
+
+
+def test_credentials_refresh_at_most_once_per_interval() -> None:
+    now = [100.0]
+    configuration = LoaderConfiguration()
+    throttle = _ThrottledRefresh(configuration, interval=1.0, clock=lambda: now[0])
+    assert configuration.refresh_api_key_hook is throttle
+
+    for _ in range(50):  # fifty requests within the same second
+        configuration.refresh_api_key_hook(configuration)
+    assert configuration.refreshes == 1
+    assert configuration.refresh_api_key_hook is throttle  # still wrapped after the loader ran
+
+    now[0] += 0.5
+    configuration.refresh_api_key_hook(configuration)
+    assert configuration.refreshes == 1
+    now[0] += 0.6
+    configuration.refresh_api_key_hook(configuration)
+    assert configuration.refreshes == 2
