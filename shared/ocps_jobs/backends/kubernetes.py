@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -62,6 +63,20 @@ MANIFEST_RECHECK_SECONDS = 1.0
 # Each watch request ends after this long (the apiserver caps it too); it resumes at once.
 WATCH_SECONDS = 300
 _MISSING_TTL_SECONDS = 5.0
+# Building this many new records in one list moves them out of full garbage collections.
+FREEZE_AFTER_RECORDS = 1000
+
+
+def _freeze_long_lived() -> None:
+    """Leave the objects that exist now out of the garbage collector's full passes.
+
+    The watched copy of the Jobs and the records built from them live as long as the
+    process, and are hundreds of thousands of objects at 10,000 Jobs. A list that long
+    allocates enough to start a full collection, which walked all of them each time
+    (0.33 s of a 0.6 s list at 10,000 Jobs; 0.05 s once they are frozen). They are still
+    freed when no longer referenced: freezing only stops the collector looking at them.
+    """
+    gc.freeze()
 
 
 class _Missing(Exception):
@@ -305,6 +320,7 @@ class _Informer:
             for waiters in self.waiters.values():  # anything may have changed meanwhile
                 waiters.changes += 1
                 waiters.condition.notify_all()
+        _freeze_long_lived()
         self._synced[kind].set()
         return version
 
@@ -666,6 +682,7 @@ class KubernetesBackend:
         manifests = dict(zip(ids, self._pool.map(self._results, ids), strict=True))
         records = []
         built: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
+        new = 0
         for job in jobs:
             job_id = job["metadata"]["labels"][LABEL_JOB_ID]
             job_pods = pods.get(job_id, [])
@@ -686,6 +703,7 @@ class KubernetesBackend:
                 except (KeyError, ValueError) as error:
                     log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
                     continue
+                new += 1
             built[job_id] = (key, record)
             records.append(record)  # shared with later lists: callers only read records
         if snapshot is not None:
@@ -693,6 +711,8 @@ class KubernetesBackend:
                 self._records = built  # only the Jobs that still exist stay cached
             else:
                 self._records.update(built)
+            if new >= FREEZE_AFTER_RECORDS:
+                _freeze_long_lived()
         if owner is not None:
             records = [record for record in records if record.owner == owner]
         return records
