@@ -68,10 +68,8 @@ class Kube:
 
 def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> list[bytes]:
     """The Job the service would create for a PENDING ``command=true`` job, ``count`` times."""
-    from kubernetes.client import ApiClient
-
     from ocps_jobs.config import Settings
-    from ocps_jobs.jobspec import build_job
+    from ocps_jobs.jobspec import build_job, job_json
     from ocps_jobs.models import JobParameters, JobRecord, utcnow
 
     settings = Settings.from_env(
@@ -80,7 +78,6 @@ def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> l
         kubeconfig=plane.kubeconfig,
         data_dir=work / "k8s-bodies",
     )
-    api = ApiClient()
     bodies = []
     for _ in range(count):
         job_id = uuid.uuid4().hex
@@ -92,7 +89,7 @@ def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> l
             parameters=JobParameters(command="true"),
         )
         job = build_job(record, settings, suspend=True)
-        bodies.append(json.dumps(api.sanitize_for_serialization(job)).encode())
+        bodies.append(job_json(job))  # the client's own serialization (tests/unit)
     return bodies
 
 
@@ -221,7 +218,9 @@ def bench_list(work: Path, quick: bool, plane: ControlPlane, endpoint: str) -> l
     kube = Kube(plane)
     namespace = kube.namespace("bench-list")
     fill_seconds = _fill(kube, namespace, count, work)
-    api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
+    api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(plane.kubeconfig)
+    )
     batch = k8s.BatchV1Api(api)
     timings: dict[str, list[float]] = {"baseline": [], "pending": [], "executing": []}
     sizes: dict[str, int] = {}
@@ -287,7 +286,8 @@ def bench_list(work: Path, quick: bool, plane: ControlPlane, endpoint: str) -> l
 
 
 def run(work: Path, quick: bool) -> Iterator[Result]:
-    with s3_server(work) as endpoint, control_plane(work) as plane:
+    with s3_server(work) as s3, control_plane(work) as plane:
+        endpoint = s3.url
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
         yield from guarded("create_k8s_rate", lambda: bench_create(work, quick, plane, endpoint))
         yield from guarded("wait_fanout_k8s", lambda: bench_wait(work, quick, plane, endpoint))

@@ -230,7 +230,7 @@ def s3_kind() -> str:
 
 
 @contextmanager
-def s3_server(work: Path) -> Iterator[str]:
+def s3_server(work: Path) -> Iterator[Server]:
     """An S3 endpoint on loopback, as its own process (not sharing the benchmark's GIL).
 
     SeaweedFS (``weed mini``, Go) when installed: moto, in-memory and Python, is itself the
@@ -284,7 +284,7 @@ def s3_server(work: Path) -> Iterator[str]:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-        yield server.url
+        yield server
     finally:
         server.stop()
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from .common import Result
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> (function(work, quick) -> results); cluster benchmarks share one control plane.
-SUITES: dict[str, Callable[[Path, bool], list[Result]]] = {
+SUITES: dict[str, Callable[[Path, bool], Iterable[Result]]] = {
     "coldstart": coldstart.run,
     "local": local.run,
     "cluster": cluster.run,

@@ -18,6 +18,7 @@ from .common import (
     ROOT,
     S3_ENV,
     Result,
+    cpu_seconds,
     guarded,
     median,
     ocps_server,
@@ -182,7 +183,11 @@ def make_outputs(root: Path, small_files: int, big_size: int) -> int:
     return total + big_size
 
 
-def _worker(mode: str, endpoint: str, folder: Path, job_id: str) -> dict[str, Any]:
+def _worker(
+    mode: str, endpoint: str, folder: Path, job_id: str, s3_pid: int | None = None
+) -> dict[str, Any]:
+    """One upload in a fresh process; with ``s3_pid``, also the S3 server's CPU meanwhile."""
+    server_cpu = cpu_seconds(s3_pid) if s3_pid else 0.0
     environment = {**os.environ, **S3_ENV, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [PYTHON, "-m", "bench.upload_worker", mode, endpoint, BUCKET, str(folder), job_id],
@@ -196,10 +201,12 @@ def _worker(mode: str, endpoint: str, folder: Path, job_id: str) -> dict[str, An
     if done.returncode != 0:
         raise RuntimeError(f"upload worker {mode} failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if s3_pid:
+        result["s3_server_cpu_s"] = round(cpu_seconds(s3_pid) - server_cpu, 2)
     return result
 
 
-def bench_upload(work: Path, quick: bool, endpoint: str) -> list[Result]:
+def bench_upload(work: Path, quick: bool, endpoint: str, s3_pid: int | None = None) -> list[Result]:
     small = 1000 if not quick else 300
     big = 1024 * MIB if not quick else 256 * MIB
     rounds = 1 if quick else 2
@@ -221,9 +228,9 @@ def bench_upload(work: Path, quick: bool, endpoint: str) -> list[Result]:
         _empty_bucket(client, "jobs/s/")
     for _ in range(rounds):
         job_id = uuid.uuid4().hex
-        baseline.append(_worker("sequential", endpoint, folder, job_id))
+        baseline.append(_worker("sequential", endpoint, folder, job_id, s3_pid))
         _empty_bucket(client, "baseline/")
-        product.append(_worker("uploader", endpoint, folder, job_id))
+        product.append(_worker("uploader", endpoint, folder, job_id, s3_pid))
         _empty_bucket(client, f"jobs/{job_id}/")
     seconds = median([entry["seconds"] for entry in product])
     base_seconds = median([entry["seconds"] for entry in baseline])
@@ -256,7 +263,7 @@ def bench_upload(work: Path, quick: bool, endpoint: str) -> list[Result]:
 
 
 def run(work: Path, quick: bool) -> Iterator[Result]:
-    with s3_server(work) as endpoint:
-        s3_client(endpoint).create_bucket(Bucket=BUCKET)
-        yield from guarded("download", lambda: bench_download(work, quick, endpoint))
-        yield from guarded("sidecar_upload", lambda: bench_upload(work, quick, endpoint))
+    with s3_server(work) as s3:
+        s3_client(s3.url).create_bucket(Bucket=BUCKET)
+        yield from guarded("download", lambda: bench_download(work, quick, s3.url))
+        yield from guarded("sidecar_upload", lambda: bench_upload(work, quick, s3.url, s3.pid))
