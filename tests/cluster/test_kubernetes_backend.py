@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -16,6 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from ocps_jobs.backends import JobUpdate
+from ocps_jobs.backends.kubernetes import KubernetesBackend
 from ocps_jobs.conventions import ANNOTATIONS, job_name
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
@@ -439,3 +441,36 @@ def test_sweep_removes_jobs_past_their_destruction(
     assert missing.value.status == 404
     assert cluster_service.store.list_objects(f"jobs/{doomed.job_id}/") == []
     assert kube_job(kube, namespace, kept.job_id).metadata.name
+
+
+def test_first_list_waits_for_the_watches_instead_of_listing_twice(
+    cluster_service: JobService,
+) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        created = set(
+            pool.map(
+                lambda n: (
+                    cluster_service.create_job(
+                        JobRequest(command=f"echo {n}"), ANYONE, start=False
+                    ).job_id
+                ),
+                range(300),
+            )
+        )
+    # A new process's backend: its first list is asked for while the watches first list.
+    fresh = KubernetesBackend(cluster_service.settings, cluster_service.store)
+    api_lists: list[str] = []
+    list_from_api = fresh._list
+
+    def counted(action: str, *args: Any) -> list[Any]:
+        api_lists.append(action)
+        return list_from_api(action, *args)
+
+    fresh._list = counted  # type: ignore[method-assign]
+    try:
+        listed = fresh.list_records()
+        assert {record.job_id for record in listed} == created
+        assert fresh._informer is not None and fresh._informer.synced
+        assert api_lists == []  # answered from the watches' listing, not a second one
+    finally:
+        fresh.close()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
 
-from ocps_jobs.backends.kubernetes import _ThrottledRefresh
+from ocps_jobs.backends.kubernetes import _Informer, _ThrottledRefresh
 from ocps_jobs.config import Settings
+from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.jobspec import build_job, job_json
 from ocps_jobs.models import EnvironmentVariable, JobParameters, JobRecord, utcnow
 
@@ -75,3 +78,30 @@ def test_credentials_refresh_at_most_once_per_interval() -> None:
     now[0] += 0.6
     configuration.refresh_api_key_hook(configuration)
     assert configuration.refreshes == 2
+
+
+class UnreachableBackend:
+    """The backend as the watches use it, with an API that refuses every call."""
+
+    namespace = "ocps"
+    batch = SimpleNamespace(list_namespaced_job=lambda *args, **kwargs: None)
+    core = SimpleNamespace(list_namespaced_pod=lambda *args, **kwargs: None)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _raw(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise BackendUnavailableError(f"Kubernetes unavailable ({action})")
+
+
+def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:
+    backend = UnreachableBackend()
+    informer = _Informer(backend)  # type: ignore[arg-type]
+    try:
+        started = time.monotonic()
+        assert informer.wait_first_sync(30.0) is False
+        assert time.monotonic() - started < 5.0  # not the 30 s: the first listing failed
+        assert backend.calls >= 1
+    finally:
+        informer.stop()

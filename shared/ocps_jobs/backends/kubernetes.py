@@ -63,6 +63,8 @@ MANIFEST_RECHECK_SECONDS = 1.0
 # Each watch request ends after this long (the apiserver caps it too); it resumes at once.
 WATCH_SECONDS = 300
 _MISSING_TTL_SECONDS = 5.0
+# A list asked for during the watches' first listing waits this long for it.
+FIRST_SYNC_WAIT_SECONDS = 60.0
 # Building this many new records in one list moves them out of full garbage collections.
 FREEZE_AFTER_RECORDS = 1000
 
@@ -239,7 +241,9 @@ class _Informer:
     so that get and list need no API call, and wakes exactly the waiters of a job that
     changed: a blocked UWS WAIT costs no polling, no API call and no CPU while it sleeps.
     Until both watches have listed their objects (and after a watch fails, until it has
-    listed them again) ``synced`` is false and the backend reads the API instead.
+    listed them again) ``synced`` is false and the backend reads the API instead; a list
+    asked for while the watches make their very first listing waits for it rather than
+    list everything a second time (see ``wait_first_sync``).
     """
 
     def __init__(self, backend: KubernetesBackend) -> None:
@@ -250,6 +254,8 @@ class _Informer:
         self.waiters: dict[str, _Waiters] = {}
         self.deleted: dict[str, float] = {}  # job id -> when this process deleted it
         self._synced = {"jobs": threading.Event(), "pods": threading.Event()}
+        # Set once both watches have listed, or as soon as either failed before they had.
+        self._first_sync_settled = threading.Event()
         self._responses: dict[str, Any] = {}
         self.stopped = threading.Event()
         self.threads = [
@@ -262,6 +268,14 @@ class _Informer:
     @property
     def synced(self) -> bool:
         return all(event.is_set() for event in self._synced.values())
+
+    def wait_first_sync(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) for the watches' first listing; whether synced.
+
+        Returns at once after that first listing, or once a watch has failed before it.
+        """
+        self._first_sync_settled.wait(timeout)
+        return self.synced
 
     # --- the watches --------------------------------------------------------------------
 
@@ -280,6 +294,7 @@ class _Informer:
                 version = self._watch(kind, version)
                 failures = 0
             except Exception as error:  # the watch must outlive any API failure
+                self._first_sync_settled.set()  # nobody waits on a failing first listing
                 if self.stopped.is_set():
                     return
                 self._synced[kind].clear()
@@ -322,6 +337,8 @@ class _Informer:
                 waiters.condition.notify_all()
         _freeze_long_lived()
         self._synced[kind].set()
+        if self.synced:
+            self._first_sync_settled.set()
         return version
 
     def _watch(self, kind: str, version: str) -> str | None:
@@ -664,11 +681,14 @@ class KubernetesBackend:
         return record_from_job(job, pods, results)
 
     def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """From the watched copies; else one paginated list of Jobs and one of Pods."""
+        """From the watched copies (waiting for their first listing); else from the API."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if owner is not None:
             selector += f",{LABEL_OWNER}={owner_label(owner)}"
-        snapshot = self._informed().snapshot()
+        informer = self._informed()
+        snapshot = informer.snapshot()
+        if snapshot is None and informer.wait_first_sync(FIRST_SYNC_WAIT_SECONDS):
+            snapshot = informer.snapshot()  # one listing of every Job, not two at once
         if snapshot is not None:
             jobs, pods = snapshot
             if owner is not None:
