@@ -211,6 +211,7 @@ def wait_fanout(
     for thread in threads:
         thread.join(timeout=70)
     last = max(answered) - changed if answered else float("nan")
+    after = sorted(done - changed for done in answered)
     changed_phases = sorted({phase for phase in phases})
     return {
         "waiters": waiters,
@@ -218,6 +219,10 @@ def wait_fanout(
         "answered_before_change": early,
         "phases_seen": changed_phases,
         "last_answer_after_change_s": round(last, 3),
+        "answer_after_change_p50_p90_s": [
+            round(percentile(after, 0.5), 3) if after else None,
+            round(percentile(after, 0.9), 3) if after else None,
+        ],
         "idle_seconds": idle_seconds,
         "server_cpu_idle_no_waiters_s": round(idle_cpu, 3),
         "server_cpu_idle_with_waiters_s": round(waiting_cpu, 3),
