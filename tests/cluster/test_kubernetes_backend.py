@@ -291,20 +291,23 @@ def test_delete_removes_job_pods_and_objects(
     assert client.get(f"/api/v1/job/{job_id}").status_code == 404
 
 
+def create_pending(service: JobService, count: int) -> list[str]:
+    """``count`` PENDING jobs (suspended Jobs), created eight at a time; their IDs."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(
+            pool.map(
+                lambda n: (
+                    service.create_job(JobRequest(command=f"echo {n}"), ANYONE, start=False).job_id
+                ),
+                range(count),
+            )
+        )
+
+
 def test_two_thousand_jobs_listed_with_a_phase_filter(
     cluster_service: JobService, namespace: str
 ) -> None:
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        pending = list(
-            pool.map(
-                lambda n: (
-                    cluster_service.create_job(
-                        JobRequest(command=f"echo {n}"), ANYONE, start=False
-                    ).job_id
-                ),
-                range(1995),
-            )
-        )
+    pending = create_pending(cluster_service, 1995)
     running = [
         cluster_service.create_job(JobRequest(command="true"), ANYONE).job_id for _ in range(5)
     ]
@@ -446,17 +449,7 @@ def test_sweep_removes_jobs_past_their_destruction(
 def test_first_list_waits_for_the_watches_instead_of_listing_twice(
     cluster_service: JobService,
 ) -> None:
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        created = set(
-            pool.map(
-                lambda n: (
-                    cluster_service.create_job(
-                        JobRequest(command=f"echo {n}"), ANYONE, start=False
-                    ).job_id
-                ),
-                range(300),
-            )
-        )
+    created = set(create_pending(cluster_service, 300))
     # A new process's backend: its first list is asked for while the watches first list.
     fresh = KubernetesBackend(cluster_service.settings, cluster_service.store)
     api_lists: list[str] = []
