@@ -23,8 +23,10 @@ __all__ = ["S3Store"]
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
-PART_SIZE = 16 * 1024 * 1024
+# Files below the threshold are read into memory for one PUT: at most this much per
+# concurrent upload (8 in the sidecar), so 64 MiB for the uploader at worst.
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
