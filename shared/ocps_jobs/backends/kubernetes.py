@@ -538,10 +538,9 @@ class KubernetesBackend:
     def _post(self, action: str, path: str, body: bytes) -> Any:
         """POST JSON already serialized, with the client's connection pool and credentials.
 
-        The generated ``create_*`` methods validate their arguments, walk the model to
-        serialize it and re-read the proxy environment on every call: in process, most of
-        what a create costs besides the HTTP exchange itself. (The client's pool manager
-        carries its TLS and proxy settings.)
+        The generated ``create_*`` methods validate their arguments and walk the model to
+        serialize it: in process, more than the HTTP exchange itself. The client's pool
+        manager carries its TLS and proxy settings, ``update_params_for_auth`` its token.
         """
         headers = {
             **self.api.default_headers,
@@ -560,7 +559,7 @@ class KubernetesBackend:
                 headers=headers,
                 timeout=urllib3.Timeout(connect=connect, read=read),
             )
-            if not 200 <= response.status <= 299:
+            if not 200 <= response.status <= 299:  # raises the status's ApiException, for _call
                 ApiException.from_response(http_resp=response, body=None, data=None)
             return response
 
