@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ServeProcess", "percentile"]
+__all__ = ["ServeProcess"]
 
 CLI = Path(sys.executable).with_name("ocps-jobs")
 
@@ -109,12 +109,3 @@ class ServeProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``values`` (``fraction`` from 0 to 1)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[rank]

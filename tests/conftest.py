@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 from flask.testing import FlaskClient
+from functions_framework import create_app
 
 from ocps_jobs.config import Settings
 from ocps_jobs.http import build_service, create_embedded_app
@@ -51,6 +52,16 @@ def service(settings: Settings) -> JobService:
 def client(service: JobService) -> FlaskClient:
     """A test client of the embedded app (all three functions' routes)."""
     return create_embedded_app(service).test_client()
+
+
+@pytest.fixture
+def functions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, FlaskClient]:
+    """Each function loaded from its own main.py, configured from the environment."""
+    monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
+    return {
+        name: create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
+        for name in ("create_job", "query_job", "results")
+    }
 
 
 @pytest.fixture(scope="session")

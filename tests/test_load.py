@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import requests
+from bench.common import percentile
 
-from tests.chaos import ServeProcess, percentile
+from tests.chaos import ServeProcess
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from flask.testing import FlaskClient
-from functions_framework import create_app
 
-from tests.conftest import FUNCTIONS
 from tests.test_uws import UNKNOWN, check_job, check_job_list, path_of, valid_xml
-
-
-@pytest.fixture
-def functions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, FlaskClient]:
-    """Each function loaded from its own main.py, configured from the environment."""
-    monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
-    return {
-        name: create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
-        for name in ("create_job", "query_job", "results")
-    }
 
 
 def test_a_uws_job_through_all_three_functions(functions: dict[str, FlaskClient]) -> None:
