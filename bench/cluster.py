@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import ssl
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .common import (
     control_plane,
     guarded,
     median,
+    new_record,
     ocps_server,
     percentile,
     proc_status_kb,
@@ -70,7 +70,6 @@ def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> l
     """The Job the service would create for a PENDING ``command=true`` job, ``count`` times."""
     from ocps_jobs.config import Settings
     from ocps_jobs.jobspec import build_job, job_json
-    from ocps_jobs.models import JobParameters, JobRecord, utcnow
 
     settings = Settings.from_env(
         backend="kubernetes",
@@ -80,15 +79,7 @@ def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> l
     )
     bodies = []
     for _ in range(count):
-        job_id = uuid.uuid4().hex
-        record = JobRecord(
-            job_id=job_id,
-            run_id=job_id,
-            owner="",
-            creation_time=utcnow(),
-            parameters=JobParameters(command="true"),
-        )
-        job = build_job(record, settings, suspend=True)
+        job = build_job(new_record(), settings, suspend=True)
         bodies.append(job_json(job))  # the client's own serialization (tests/unit)
     return bodies
 

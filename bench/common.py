@@ -14,11 +14,15 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ocps_jobs.models import JobRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -86,6 +90,21 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[index]
+
+
+def new_record(**fields: Any) -> JobRecord:
+    """A ``command=true`` job record with a fresh ID (its run ID too, no owner), and ``fields``."""
+    from ocps_jobs.models import JobParameters, JobRecord, utcnow
+
+    job_id = uuid.uuid4().hex
+    return JobRecord(
+        job_id=job_id,
+        run_id=job_id,
+        owner="",
+        creation_time=utcnow(),
+        parameters=JobParameters(command="true"),
+        **fields,
+    )
 
 
 def median(values: list[float]) -> float:

@@ -21,6 +21,7 @@ from .common import (
     cpu_seconds,
     guarded,
     median,
+    new_record,
     ocps_server,
     proc_status_kb,
     s3_client,
@@ -59,22 +60,16 @@ def _empty_bucket(client: Any, prefix: str = "") -> None:
 
 def _seed_job(data_dir: Path, key: str, size: int) -> str:
     """A finished job record whose one result is ``key``, as the embedded backend keeps it."""
-    from ocps_jobs.models import JobParameters, JobRecord, Phase, ResultFile, utcnow
+    from ocps_jobs.models import Phase, ResultFile
 
-    job_id = uuid.uuid4().hex
-    record = JobRecord(
-        job_id=job_id,
-        run_id=job_id,
-        owner="",
-        creation_time=utcnow(),
+    record = new_record(
         phase=Phase.COMPLETED,
-        parameters=JobParameters(command="true"),
         results=[ResultFile(key=key, size=size, content_type="application/octet-stream")],
     )
     state = data_dir / "state" / "jobs"
     state.mkdir(parents=True, exist_ok=True)
-    (state / f"{job_id}.json").write_text(record.model_dump_json(indent=1))
-    return job_id
+    (state / f"{record.job_id}.json").write_text(record.model_dump_json(indent=1))
+    return record.job_id
 
 
 def _http_download(port: int, path: str) -> tuple[int, float]:
