@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 import time
@@ -25,7 +26,12 @@ from ocps_jobs.service import JobService
 from tests.conftest import REPO_ROOT
 from tests.helpers import wait_until
 
-UWS_XSD = REPO_ROOT.parent / "shared" / "reference" / "UWS.xsd"
+# The reference documents sit beside the repository (../shared/reference); another place
+# can be named with OCPS_REFERENCE_DIR (read at import, before settings are isolated).
+REFERENCE_DIR = Path(
+    os.environ.get("OCPS_REFERENCE_DIR") or REPO_ROOT.parent / "shared" / "reference"
+)
+UWS_XSD = REFERENCE_DIR / "UWS.xsd"
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
@@ -59,6 +65,13 @@ class _OfflineXlink(etree.Resolver):
 @cache
 def uws_schema() -> etree.XMLSchema:
     """The normative UWS 1.1 schema, read from ../shared/reference."""
+    if not UWS_XSD.is_file():
+        pytest.fail(
+            f"The UWS 1.1 schema is not at {UWS_XSD}. The UWS tests validate every document "
+            "against the reference copy beside the repository (../shared/reference/UWS.xsd); "
+            "clone next to shared/, or set OCPS_REFERENCE_DIR to the folder holding UWS.xsd.",
+            pytrace=False,
+        )
     parser = etree.XMLParser(no_network=True)
     parser.resolvers.add(_OfflineXlink())
     return etree.XMLSchema(etree.parse(str(UWS_XSD), parser))
