@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import threading
 import time
@@ -12,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -362,7 +362,7 @@ class _Informer:
                 for line in lines:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
+                    event = orjson.loads(line)
                     item = event.get("object") or {}
                     if event.get("type") == "ERROR":
                         if item.get("code") == 410:  # too old: list again
@@ -533,7 +533,7 @@ class KubernetesBackend:
     def _raw(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call without deserializing into client models: plain JSON is much faster."""
         response = self._call(action, function, *args, _preload_content=False, **kwargs)
-        return json.loads(response.data)
+        return orjson.loads(response.data)
 
     def _post(self, action: str, path: str, body: bytes) -> Any:
         """POST JSON already serialized, with the client's connection pool and credentials.
@@ -563,7 +563,7 @@ class KubernetesBackend:
                 ApiException.from_response(http_resp=response, body=None, data=None)
             return response
 
-        return json.loads(self._call(action, post).data)
+        return orjson.loads(self._call(action, post).data)
 
     def _read_job(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -614,7 +614,7 @@ class KubernetesBackend:
                 self._missing[job_id] = time.monotonic()
             return None
         try:
-            results = ResultFile.from_manifest(json.loads(data))
+            results = ResultFile.from_manifest(orjson.loads(data))
         except (ValueError, KeyError, TypeError):
             log.error("unreadable manifest of job %s", job_id)
             return None
@@ -863,6 +863,6 @@ class KubernetesBackend:
 
 def _api_message(error: ApiException) -> str:
     try:
-        return str(json.loads(error.body or "{}").get("message", error.reason))[:500]
+        return str(orjson.loads(error.body or "{}").get("message", error.reason))[:500]
     except ValueError:
         return str(error.reason)
