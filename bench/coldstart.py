@@ -7,9 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from .common import ROOT, VENV_BIN, Result, Server, free_port, median
+from .common import FUNCTIONS, Result, Server, function_server, median
 
-FUNCTIONS = ROOT / "functions"
 BARE = Path(__file__).resolve().parent / "bare_flask" / "main.py"
 
 
@@ -32,20 +31,8 @@ def _first_200(port: int, method: str, path: str, body: bytes | None, started: f
 
 
 def _start(work: Path, target: str, source: Path, data_dir: Path, tag: str) -> Server:
-    port = free_port()
-    argv = [
-        str(VENV_BIN / "functions-framework"),
-        "--target",
-        target,
-        "--source",
-        str(source),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
     env = {"OCPS_DATA_DIR": str(data_dir), "OCPS_MAX_CONCURRENT_JOBS": "1"}
-    return Server(argv, port, work / f"coldstart-{tag}.log", env=env)
+    return function_server(work, target, source, f"coldstart-{tag}", env)
 
 
 def run(work: Path, quick: bool) -> list[Result]:

