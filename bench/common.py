@@ -363,6 +363,12 @@ class ControlPlane:
     server: str
     token: str
     ca_file: str
+    pids: dict[str, int]
+
+
+# The Job controller's API rate: at kube-controller-manager's default 20/s it would still be
+# updating the Jobs of one round during the next, whichever side that is.
+CONTROLLER_QPS = "1000"
 
 
 @contextmanager
@@ -374,6 +380,7 @@ def control_plane(work: Path) -> Iterator[ControlPlane]:
         text=True,
         timeout=600,
         check=False,
+        env={**os.environ, "OCPS_TESTENV_CONTROLLER_QPS": CONTROLLER_QPS},
     )
     try:
         if up.returncode != 0:
@@ -381,7 +388,9 @@ def control_plane(work: Path) -> Iterator[ControlPlane]:
         last = up.stdout.strip().splitlines()[-1]
         kubeconfig = Path(last.removeprefix("KUBECONFIG="))
         info = json.loads((run_dir / "testenv.json").read_text())
-        yield ControlPlane(run_dir, kubeconfig, info["server"], info["token"], info["ca_file"])
+        yield ControlPlane(
+            run_dir, kubeconfig, info["server"], info["token"], info["ca_file"], info["pids"]
+        )
     finally:
         subprocess.run(
             [str(TESTENV), "down", "--dir", str(run_dir)],
