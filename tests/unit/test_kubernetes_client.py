@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 
-from ocps_jobs.backends.kubernetes import _Informer, _ThrottledRefresh
+from ocps_jobs.backends.kubernetes import _api_message, _Informer, _ThrottledRefresh
 from ocps_jobs.config import Settings
 from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.jobspec import build_job, job_json
@@ -105,3 +106,24 @@ def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:
         assert backend.calls >= 1
     finally:
         informer.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            b'{"kind":"Status","message":"spec.template: Invalid value"}',
+            "spec.template: Invalid value",
+        ),
+        (b'["not", "a", "Status"]', "Unprocessable Entity"),
+        (b'"a string"', "Unprocessable Entity"),
+        (b"<html>proxy error</html>", "Unprocessable Entity"),
+        (b'{"kind":"Status"}', "Unprocessable Entity"),
+        (None, "Unprocessable Entity"),
+    ],
+    ids=["status", "list", "string", "not-json", "no-message", "no-body"],
+)
+def test_api_error_message_comes_from_a_status_body_only(body: bytes | None, expected: str) -> None:
+    error = ApiException(status=422, reason="Unprocessable Entity")
+    error.body = body
+    assert _api_message(error) == expected

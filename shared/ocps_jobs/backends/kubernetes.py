@@ -862,7 +862,10 @@ class KubernetesBackend:
 
 
 def _api_message(error: ApiException) -> str:
+    """The message of the API's Status body; the HTTP reason when the body is anything else."""
     try:
-        return str(orjson.loads(error.body or "{}").get("message", error.reason))[:500]
+        status = orjson.loads(error.body or "{}")
     except ValueError:
-        return str(error.reason)
+        status = None
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message or error.reason)[:500]
