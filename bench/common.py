@@ -259,11 +259,16 @@ def function_server(
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (gunicorn serves from a worker the arbiter forks)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
     found = [pid]
     for member in found:
-        for task in Path(f"/proc/{member}/task").iterdir():
-            with suppress(OSError):
-                found.extend(int(child) for child in (task / "children").read_text().split())
+        found.extend(children.get(member, []))
     return found
 
 

@@ -111,15 +111,15 @@ DOWNLOAD_SERVERS = {
 def _download_server(
     work: Path, kind: str, size: int, endpoint: str, key: str
 ) -> tuple[Server, str]:
-    """The server of ``kind`` on its own data dir holding one finished job; the result's path."""
+    """The server of ``kind`` on its own data dir holding one finished job; the job's ID."""
     name = f"download-{kind}-{size // MIB}m"
     data_dir = work / f"{name}-data"  # ocps_server's data dir for ``name``
-    path = f"/api/v1/job/result/{_seed_job(data_dir, key, size)}/0"
+    job_id = _seed_job(data_dir, key, size)
     if kind == "serve":
         server = ocps_server(work, name, ["--s3-endpoint", endpoint], env={**S3_ENV, **EXTRA_ENV})
-        return server, path
+        return server, job_id
     env = {**S3_ENV, **EXTRA_ENV, "OCPS_DATA_DIR": str(data_dir), "OCPS_S3_ENDPOINT": endpoint}
-    return function_server(work, "results", FUNCTIONS / "results" / "main.py", name, env), path
+    return function_server(work, "results", FUNCTIONS / "results" / "main.py", name, env), job_id
 
 
 def _peak_rss_kb(server: Server) -> int:
@@ -142,18 +142,22 @@ def bench_download(work: Path, quick: bool, endpoint: str) -> list[Result]:
             kind: _download_server(work, kind, size, endpoint, key) for kind in DOWNLOAD_SERVERS
         }
         servers = {kind: server for kind, (server, _) in started.items()}
-        paths = {kind: path for kind, (_, path) in started.items()}
+        jobs = {kind: job_id for kind, (_, job_id) in started.items()}
+        paths = {kind: f"/api/v1/job/result/{job_id}/0" for kind, job_id in jobs.items()}
         runs: dict[str, list[float]] = {"boto3": [], **{kind: [] for kind in servers}}
         idle: dict[str, int] = {}
         try:
             for kind, server in servers.items():
                 server.start()
-                server.wait_ready(paths[kind] if kind == "function" else "/api/v1/job", want=200)
+                server.wait_ready(f"/api/v1/job/{jobs[kind]}/results", want=200)
                 idle[kind] = _peak_rss_kb(server)
-            # The first read after the upload can be served from the store's cache: not
-            # measured. Then each round downloads once directly and once through each
-            # server, in an order that rotates so that no side always goes first.
+            # Not measured: the first read after the upload (the store can serve it from its
+            # cache) and each server's first download (its S3 client starts on first use).
+            # Then each round downloads once directly and once through each server, in an
+            # order that rotates so that no side always goes first.
             _boto_download(client, key)
+            for kind, server in servers.items():
+                _http_download(server.port, paths[kind])
             sides = ["boto3", *servers]
             for round_index in range(rounds):
                 shift = round_index % len(sides)
