@@ -38,7 +38,7 @@ from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.models import JobParameters, JobRecord, Phase
 from ocps_jobs.objectstore.base import guess_content_type
 from ocps_jobs.objectstore.filesystem import FilesystemStore
-from ocps_jobs.sidecar import Uploader, final_record, scan_outputs
+from ocps_jobs.sidecar import Uploader, final_record, result_name, scan_outputs
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import TcpProxy
 from tests.helpers import wait_until
@@ -389,6 +389,44 @@ def test_a_nested_tree_uploads_intact_manifest_and_record_last(
     ]
 
     assert_written_last(minio, ready_bucket, job)
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_stops_nothing(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    # A name of raw bytes, as a pipeline writing Latin-1 names would make on Linux.
+    (job.out / "raw").mkdir()
+    with open(os.path.join(os.fsencode(job.out / "raw"), b"caf\xe9 \xff.txt"), "wb") as out:
+        out.write(b"not utf-8 named")
+    expected = {
+        "raw/caf%E9 %FF.txt": b"not utf-8 named",
+        "ok.txt": job.write("ok.txt", b"fine"),
+        "caf\u00e9.txt": job.write("caf\u00e9.txt", b"utf-8 named"),
+    }
+    job.log_file.write_text("done\n")
+    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
+    job.exit(0)
+    sidecar = start_sidecar(job, ready_bucket)
+    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
+    code, _seconds = sidecar.terminate()
+    assert code == 0, sidecar.log
+    assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        (b"plain/file.fits", "plain/file.fits"),
+        ("caf\u00e9/\u65e5\u672c.txt".encode(), "caf\u00e9/\u65e5\u672c.txt"),
+        (b"latin-1 caf\xe9.txt", "latin-1 caf%E9.txt"),
+        (b"\xed\xa0\x80 encoded surrogate", "%ED%A0%80 encoded surrogate"),
+        (b"100%25 literal.txt", "100%25 literal.txt"),
+    ],
+)
+def test_result_name_escapes_only_bytes_that_are_not_utf8(raw: bytes, name: str) -> None:
+    assert result_name(os.fsdecode(raw)) == name
+    assert name.encode("utf-8")  # always encodable: an S3 key, a JSON string
 
 
 def test_a_failed_command_is_archived_as_error_with_the_stderr_tail(

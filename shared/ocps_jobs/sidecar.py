@@ -27,7 +27,7 @@ from .conventions import (
 from .errors import BackendUnavailableError
 from .objectstore.base import ObjectStore, guess_content_type
 
-__all__ = ["OutputFile", "Uploader", "final_record", "main", "scan_outputs"]
+__all__ = ["OutputFile", "Uploader", "final_record", "main", "result_name", "scan_outputs"]
 
 log = logging.getLogger("ocps_jobs.sidecar")
 
@@ -44,6 +44,18 @@ class OutputFile:
     mtime_ns: int
 
 
+def result_name(relative_path: str) -> str:
+    """The name a file is kept under: bytes of its path that are not UTF-8 written ``%XX``.
+
+    Linux names are bytes; Python keeps the ones that are not UTF-8 as lone surrogates,
+    which no S3 key or JSON document can hold, so one such file would stop the upload.
+    """
+    return "".join(
+        f"%{ord(char) - 0xDC00:02X}" if "\udc80" <= char <= "\udcff" else char
+        for char in relative_path
+    )
+
+
 def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
     """Every regular file under ``output_dir``; symbolic links are not followed or uploaded."""
     for folder, dirs, files in os.walk(output_dir, followlinks=False):
@@ -56,7 +68,7 @@ def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
                 continue
             if not os.path.isfile(path) or os.path.islink(path):
                 continue
-            relative = Path(path).relative_to(output_dir).as_posix()
+            relative = result_name(Path(path).relative_to(output_dir).as_posix())
             yield OutputFile(relative, path, stat.st_size, stat.st_mtime_ns)
 
 
