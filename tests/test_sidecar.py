@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,7 +202,12 @@ def start_sidecar(
     started: list[Sidecar] = []
 
     def start(
-        job: JobFolder, bucket: str, *, endpoint: str | None = None, **settings: str
+        job: JobFolder,
+        bucket: str,
+        *,
+        endpoint: str | None = None,
+        wrapper: tuple[str, ...] = (),
+        **settings: str,
     ) -> Sidecar:
         env = {
             **os.environ,
@@ -220,7 +226,7 @@ def start_sidecar(
         log_path = tmp_path / f"sidecar-{len(started)}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "ocps_jobs.sidecar"],
+                [*wrapper, sys.executable, "-m", "ocps_jobs.sidecar"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -412,6 +418,56 @@ def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_stops_nothing(
     assert code == 0, sidecar.log
     assert_uploaded_intact(minio, ready_bucket, job, expected)
     assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+
+
+def without_root_file_access() -> tuple[str, ...]:
+    """A command prefix under which the file modes bind this process, even as root."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")  # util-linux
+    assert setpriv, "root runs these tests: setpriv (util-linux) is needed to drop DAC override"
+    dropped = "-dac_override,-dac_read_search"
+    return (setpriv, f"--bounding-set={dropped}", f"--inh-caps={dropped}")
+
+
+def test_a_file_the_uploader_may_not_read_is_named_and_the_rest_kept(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    expected = {
+        "kept/a.txt": job.write("kept/a.txt", b"readable"),
+        "b.fits": job.write("b.fits", b"also readable"),
+    }
+    job.write("locked/secret.dat", b"mode 000")
+    (job.out / "locked" / "secret.dat").chmod(0)
+    job.log_file.write_text("done\n")
+    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
+    job.exit(0)
+    sidecar = start_sidecar(job, ready_bucket, wrapper=without_root_file_access())
+    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
+    code, _seconds = sidecar.terminate()
+    assert code == 0, sidecar.log
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert manifest["unreadable"] == ["locked/secret.dat"]
+    assert "locked/secret.dat is not readable by the uploader" in sidecar.log
+    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+
+
+class RefusingStore(FilesystemStore):
+    """A store whose own side answers PermissionError (say, its folder turned read-only)."""
+
+    def put_file(self, key: str, path: str, content_type: str) -> str:
+        raise PermissionError(13, "Permission denied", key)
+
+
+def test_a_store_that_refuses_a_file_is_not_taken_for_an_unreadable_file(
+    job: JobFolder, tmp_path: Path
+) -> None:
+    job.write("a.txt", b"a")
+    store = RefusingStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    with pytest.raises(PermissionError):
+        uploader.finish()
+    assert store.get_bytes(manifest_key(job.job_id)) is None
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,7 @@ class Uploader:
         self.sleep = sleep
         self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
         self._present: set[str] = set()  # files seen by the latest scan
+        self._unreadable: set[str] = set()  # files this process may not read (job's modes)
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -102,8 +103,8 @@ class Uploader:
         for attempt in range(1, self.attempts + 1):
             try:
                 return function()
-            except FileNotFoundError:
-                raise  # a vanished file does not come back by retrying
+            except (FileNotFoundError, PermissionError):
+                raise  # a vanished or forbidden file does not change by retrying at once
             except (BackendUnavailableError, OSError) as error:
                 if attempt == self.attempts:
                     raise
@@ -126,6 +127,15 @@ class Uploader:
             log.info("%s disappeared before it could be uploaded", item.relative_path)
             self._present.discard(item.relative_path)
             return
+        except PermissionError:
+            if os.access(item.path, os.R_OK):
+                raise  # the store refused it, not the file system
+            # The job made it unreadable to the uploader's user: the other results are kept,
+            # and the manifest names it. Every later pass tries it again.
+            log.warning("%s is not readable by the uploader: not uploaded", item.relative_path)
+            self._unreadable.add(item.relative_path)
+            return
+        self._unreadable.discard(item.relative_path)
         self._uploaded[item.relative_path] = (item.size, item.mtime_ns, checksum)
 
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
@@ -152,7 +162,8 @@ class Uploader:
     def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
         """Final pass, then the manifest: its presence means every listed file is in the store.
 
-        Files the job deleted after an earlier pass uploaded them are not results.
+        Files the job deleted after an earlier pass uploaded them are not results; files it
+        left unreadable to the uploader are listed under ``unreadable`` instead.
         """
         self.upload_changed(extra)
         files = [
@@ -173,6 +184,8 @@ class Uploader:
             "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
             **details,
         }
+        if unreadable := sorted(self._unreadable & self._present):
+            manifest["unreadable"] = unreadable
         data = json.dumps(manifest, indent=1).encode()
         key = manifest_key(self.job_id)
         self.retry(
