@@ -447,9 +447,31 @@ def test_a_file_the_uploader_may_not_read_is_named_and_the_rest_kept(
     code, _seconds = sidecar.terminate()
     assert code == 0, sidecar.log
     manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
-    assert manifest["unreadable"] == ["locked/secret.dat"]
-    assert "locked/secret.dat is not readable by the uploader" in sidecar.log
+    assert manifest["skipped"] == [
+        {"path": "locked/secret.dat", "reason": "the job left it unreadable to the uploader's user"}
+    ]
+    assert "locked/secret.dat is not uploaded" in sidecar.log
     assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+
+
+def test_a_path_longer_than_an_s3_key_is_named_and_the_rest_kept(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    deep = "/".join(f"level{n}-" + "x" * 200 for n in range(5)) + "/table.parquet"
+    job.write(deep, b"too deep for S3")
+    expected = {"short.txt": job.write("short.txt", b"kept")}
+    job.log_file.write_text("done\n")
+    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
+    job.exit(0)
+    sidecar = start_sidecar(job, ready_bucket)
+    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
+    code, _seconds = sidecar.terminate()
+    assert code == 0, sidecar.log
+    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    assert len(output_key(job.job_id, deep).encode()) > 1024
+    assert manifest["skipped"] == [
+        {"path": deep, "reason": "its object key would be longer than the store's 1024 bytes"}
+    ]
 
 
 class RefusingStore(FilesystemStore):

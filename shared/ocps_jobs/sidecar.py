@@ -95,7 +95,7 @@ class Uploader:
         self.sleep = sleep
         self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
         self._present: set[str] = set()  # files seen by the latest scan
-        self._unreadable: set[str] = set()  # files this process may not read (job's modes)
+        self._skipped: dict[str, str] = {}  # files that cannot be kept -> why not
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -115,8 +115,17 @@ class Uploader:
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
+    def _skip(self, item: OutputFile, reason: str) -> None:
+        """Keep the other results; the manifest names this one. Later passes try again."""
+        log.warning("%s is not uploaded: %s", item.relative_path, reason)
+        self._skipped[item.relative_path] = reason
+
     def _upload_one(self, item: OutputFile) -> None:
         key = output_key(self.job_id, item.relative_path)
+        limit = self.store.max_key_bytes
+        if limit is not None and len(key.encode()) > limit:
+            self._skip(item, f"its object key would be longer than the store's {limit} bytes")
+            return
 
         content_type = guess_content_type(item.relative_path)
         try:
@@ -130,12 +139,9 @@ class Uploader:
         except PermissionError:
             if os.access(item.path, os.R_OK):
                 raise  # the store refused it, not the file system
-            # The job made it unreadable to the uploader's user: the other results are kept,
-            # and the manifest names it. Every later pass tries it again.
-            log.warning("%s is not readable by the uploader: not uploaded", item.relative_path)
-            self._unreadable.add(item.relative_path)
+            self._skip(item, "the job left it unreadable to the uploader's user")
             return
-        self._unreadable.discard(item.relative_path)
+        self._skipped.pop(item.relative_path, None)
         self._uploaded[item.relative_path] = (item.size, item.mtime_ns, checksum)
 
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
@@ -162,8 +168,9 @@ class Uploader:
     def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
         """Final pass, then the manifest: its presence means every listed file is in the store.
 
-        Files the job deleted after an earlier pass uploaded them are not results; files it
-        left unreadable to the uploader are listed under ``unreadable`` instead.
+        Files the job deleted after an earlier pass uploaded them are not results; files
+        that cannot be kept (unreadable to the uploader, a key too long for the store) are
+        listed under ``skipped``, each with the reason.
         """
         self.upload_changed(extra)
         files = [
@@ -184,8 +191,13 @@ class Uploader:
             "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
             **details,
         }
-        if unreadable := sorted(self._unreadable & self._present):
-            manifest["unreadable"] = unreadable
+        skipped = [
+            {"path": relative, "reason": reason}
+            for relative, reason in sorted(self._skipped.items())
+            if relative in self._present
+        ]
+        if skipped:
+            manifest["skipped"] = skipped
         data = json.dumps(manifest, indent=1).encode()
         key = manifest_key(self.job_id)
         self.retry(

@@ -92,6 +92,9 @@ class ObjectStream:
 class ObjectStore(Protocol):
     """Where job outputs, manifests and archived records live."""
 
+    # The longest key the store accepts, in UTF-8 bytes (None: no limit of its own).
+    max_key_bytes: int | None
+
     def ensure_ready(self) -> None:
         """Create the bucket or folder if it does not exist."""
 

@@ -20,6 +20,8 @@ CHUNK_SIZE = 1024 * 1024
 class FilesystemStore:
     """Objects are files under ``root``; keys are relative paths."""
 
+    max_key_bytes: int | None = None
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 

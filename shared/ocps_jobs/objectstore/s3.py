@@ -37,6 +37,8 @@ def _is_missing(error: ClientError) -> bool:
 class S3Store:
     """Objects in one bucket of any S3 endpoint; credentials from the usual AWS variables."""
 
+    max_key_bytes: int | None = 1024  # S3's own limit (AWS, MinIO)
+
     def __init__(
         self,
         bucket: str,
