@@ -397,6 +397,27 @@ def test_a_nested_tree_uploads_intact_manifest_and_record_last(
     assert_written_last(minio, ready_bucket, job)
 
 
+def run_job_to_the_archive(
+    job: JobFolder,
+    bucket: str,
+    minio: Minio,
+    start_sidecar: Callable[..., Sidecar],
+    expected: dict[str, bytes],
+    **start: Any,
+) -> tuple[dict[str, Any], Sidecar]:
+    """The job ends 0 with a log; its sidecar archives exactly ``expected``: the manifest."""
+    job.log_file.write_text("done\n")
+    expected = {**expected, LOG_RESULT_NAME: job.log_file.read_bytes()}
+    job.exit(0)
+    sidecar = start_sidecar(job, bucket, **start)
+    wait_for_archive(minio, bucket, sidecar, job, 60, expected)
+    code, _seconds = sidecar.terminate()
+    assert code == 0, sidecar.log
+    manifest = assert_uploaded_intact(minio, bucket, job, expected)
+    assert archived_record(minio, bucket, job.job_id).phase is Phase.COMPLETED
+    return manifest, sidecar
+
+
 def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_stops_nothing(
     job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
 ) -> None:
@@ -409,15 +430,8 @@ def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_stops_nothing(
         "ok.txt": job.write("ok.txt", b"fine"),
         "caf\u00e9.txt": job.write("caf\u00e9.txt", b"utf-8 named"),
     }
-    job.log_file.write_text("done\n")
-    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
-    job.exit(0)
-    sidecar = start_sidecar(job, ready_bucket)
-    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
-    code, _seconds = sidecar.terminate()
-    assert code == 0, sidecar.log
-    assert_uploaded_intact(minio, ready_bucket, job, expected)
-    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
+    manifest, _ = run_job_to_the_archive(job, ready_bucket, minio, start_sidecar, expected)
+    assert "skipped" not in manifest
 
 
 def without_root_file_access() -> tuple[str, ...]:
@@ -439,19 +453,13 @@ def test_a_file_the_uploader_may_not_read_is_named_and_the_rest_kept(
     }
     job.write("locked/secret.dat", b"mode 000")
     (job.out / "locked" / "secret.dat").chmod(0)
-    job.log_file.write_text("done\n")
-    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
-    job.exit(0)
-    sidecar = start_sidecar(job, ready_bucket, wrapper=without_root_file_access())
-    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
-    code, _seconds = sidecar.terminate()
-    assert code == 0, sidecar.log
-    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    manifest, sidecar = run_job_to_the_archive(
+        job, ready_bucket, minio, start_sidecar, expected, wrapper=without_root_file_access()
+    )
     assert manifest["skipped"] == [
         {"path": "locked/secret.dat", "reason": "the job left it unreadable to the uploader's user"}
     ]
     assert "locked/secret.dat is not uploaded" in sidecar.log
-    assert archived_record(minio, ready_bucket, job.job_id).phase is Phase.COMPLETED
 
 
 def test_a_path_longer_than_an_s3_key_is_named_and_the_rest_kept(
@@ -460,14 +468,7 @@ def test_a_path_longer_than_an_s3_key_is_named_and_the_rest_kept(
     deep = "/".join(f"level{n}-" + "x" * 200 for n in range(5)) + "/table.parquet"
     job.write(deep, b"too deep for S3")
     expected = {"short.txt": job.write("short.txt", b"kept")}
-    job.log_file.write_text("done\n")
-    expected[LOG_RESULT_NAME] = job.log_file.read_bytes()
-    job.exit(0)
-    sidecar = start_sidecar(job, ready_bucket)
-    wait_for_archive(minio, ready_bucket, sidecar, job, 60, expected)
-    code, _seconds = sidecar.terminate()
-    assert code == 0, sidecar.log
-    manifest = assert_uploaded_intact(minio, ready_bucket, job, expected)
+    manifest, _ = run_job_to_the_archive(job, ready_bucket, minio, start_sidecar, expected)
     assert len(output_key(job.job_id, deep).encode()) > 1024
     assert manifest["skipped"] == [
         {"path": deep, "reason": "its object key would be longer than the store's 1024 bytes"}
