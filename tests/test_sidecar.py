@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -888,3 +889,28 @@ def test_files_deleted_after_an_earlier_pass_are_not_results(tmp_path: Path) -> 
     (output / "temporary.tmp").unlink()
     manifest = uploader.finish()
     assert [item["path"] for item in manifest["files"]] == ["kept.txt"]
+
+
+def test_a_skipped_file_is_reported_once_and_tried_again_each_pass(
+    job: JobFolder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job.write("short.txt", b"s")
+    job.write("much-longer-name.txt", b"l")
+    store = FilesystemStore(tmp_path / "store")
+    store.max_key_bytes = len(output_key(job.job_id, "short.txt").encode())
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    with caplog.at_level(logging.WARNING, logger="ocps_jobs.sidecar"):
+        assert uploader.upload_changed() == 2
+        assert uploader.upload_changed() == 1  # the skipped one only
+    assert caplog.text.count("much-longer-name.txt is not uploaded") == 1
+    limit = store.max_key_bytes
+    assert uploader.finish()["skipped"] == [
+        {
+            "path": "much-longer-name.txt",
+            "reason": f"its object key would be longer than the store's {limit} bytes",
+        }
+    ]
+    store.max_key_bytes = None  # once it can be kept, the next pass keeps it
+    manifest = uploader.finish()
+    assert [item["path"] for item in manifest["files"]] == ["much-longer-name.txt", "short.txt"]
+    assert "skipped" not in manifest

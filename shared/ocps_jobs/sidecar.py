@@ -117,7 +117,8 @@ class Uploader:
 
     def _skip(self, item: OutputFile, reason: str) -> None:
         """Keep the other results; the manifest names this one. Later passes try again."""
-        log.warning("%s is not uploaded: %s", item.relative_path, reason)
+        if self._skipped.get(item.relative_path) != reason:  # said once, not every pass
+            log.warning("%s is not uploaded: %s", item.relative_path, reason)
         self._skipped[item.relative_path] = reason
 
     def _upload_one(self, item: OutputFile) -> None:
