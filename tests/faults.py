@@ -1,4 +1,5 @@
-"""Fault injection for tests: a loopback TCP proxy that can be cut and restored on its port.
+"""Fault injection for tests: a loopback TCP proxy that can be cut and restored on its port,
+and an S3 endpoint that answers every request 503 SlowDown, as a saturated MinIO does.
 
 The proxy sits between a client (the sidecar) and a real server (moto's S3 endpoint). The
 test can cut it (the listening socket closes, so new connections are refused, and every
@@ -10,6 +11,7 @@ Everything stays on 127.0.0.1; connections and threads are bounded.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import selectors
 import socket
 import struct
@@ -17,7 +19,7 @@ import threading
 import time
 from types import TracebackType
 
-__all__ = ["TcpProxy"]
+__all__ = ["SlowDownS3", "TcpProxy"]
 
 _CHUNK = 64 * 1024
 _POLL = 0.05
@@ -226,3 +228,59 @@ class TcpProxy:
             limit = self._cut_after
         if limit is not None and self.bytes_up >= limit:
             self._trigger_cut()
+
+
+class _SlowDownHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue" at once
+    BODY = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def _answer(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(503)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.BODY)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class SlowDownS3:
+    """An HTTP endpoint on loopback answering every S3 request ``503 SlowDown``."""
+
+    def __init__(self) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowDownHandler)
+        self.server.requests = 0  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def requests(self) -> int:
+        return int(self.server.requests)  # type: ignore[attr-defined]
+
+    def __enter__(self) -> SlowDownS3:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)

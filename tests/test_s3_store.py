@@ -7,13 +7,19 @@ import json
 from pathlib import Path
 from urllib.parse import urlparse
 
+import boto3
 import pytest
+from botocore.config import Config
 from flask.testing import FlaskClient
 from minio import Minio
 
 from ocps_jobs.config import Settings
+from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.objectstore.s3 import S3Store
+from ocps_jobs.sidecar import Uploader
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.faults import SlowDownS3
 from tests.test_local_backend import finish, submit
 
 WRITE_TREE = """
@@ -140,3 +146,32 @@ def test_large_file_goes_multipart_in_one_read_with_its_checksum(
     assert stat.etag is not None and stat.etag.endswith(f"-{parts}")  # a multipart upload
     assert stat.content_type == "application/fits"
     assert minio.get_object(bucket, "jobs/j/out/coadd.fits").read() == data
+
+
+def test_an_s3_server_error_is_the_store_unavailable_and_the_uploader_backs_off(
+    tmp_path: Path, s3_credentials: None
+) -> None:
+    """503 SlowDown on every request (a saturated MinIO), after botocore's own retries."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "a.txt").write_text("a")
+    with SlowDownS3() as throttled:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=throttled.url,
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        store = S3Store("ocps-jobs", client=client)
+        with pytest.raises(BackendUnavailableError):
+            store.put_bytes("jobs/x/manifest.json", b"{}", "application/json")
+        with pytest.raises(BackendUnavailableError):
+            store.put_file("jobs/x/out/a.txt", str(output / "a.txt"), "text/plain")
+        with pytest.raises(BackendUnavailableError):
+            store.get_bytes("jobs/x/manifest.json")
+        sleeps: list[float] = []
+        uploader = Uploader(store, "x", output, attempts=3, sleep=sleeps.append)
+        with pytest.raises(BackendUnavailableError):
+            uploader.finish()
+        assert sleeps == [0.5, 1.0]  # the outage backoff, not a failure at the first answer
+        assert throttled.requests == 3 + 3  # one request per call: botocore's retries are off
