@@ -12,7 +12,12 @@ import pytest
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from ocps_jobs.backends.kubernetes import _api_message, _Informer, _ThrottledRefresh
+from ocps_jobs.backends.kubernetes import (
+    KubernetesBackend,
+    _api_message,
+    _Informer,
+    _ThrottledRefresh,
+)
 from ocps_jobs.config import Settings
 from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.jobspec import build_job, job_json
@@ -94,6 +99,8 @@ class UnreachableBackend:
     def _raw(self, action: str, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         raise BackendUnavailableError(f"Kubernetes unavailable ({action})")
+
+    _pages = KubernetesBackend._pages  # the real pagination, over the refusing _raw
 
 
 def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:

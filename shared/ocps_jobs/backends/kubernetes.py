@@ -7,7 +7,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -304,24 +304,15 @@ class _Informer:
                 self.stopped.wait(min(30.0, 0.5 * 2**failures))
 
     def _relist(self, kind: str) -> str:
-        backend = self.backend
         items: list[dict[str, Any]] = []
-        token = None
-        while True:
-            page = backend._raw(
-                f"list {kind}",
-                self._function(kind),
-                backend.namespace,
-                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
-                limit=PAGE_SIZE,
-                _continue=token,
-            )
+        trim = _trim_job if kind == "jobs" else _trim_pod
+        pages = self.backend._pages(
+            f"list {kind}", self._function(kind), f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        )
+        page: dict[str, Any] = {}
+        for page in pages:
             # Trimmed page by page: a list of 10,000 whole Jobs is hundreds of MB of objects.
-            trim = _trim_job if kind == "jobs" else _trim_pod
             items.extend(trim(item) for item in page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                break
         version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         with self.lock:
             if kind == "jobs":
@@ -574,11 +565,13 @@ class KubernetesBackend:
             return None
         return job
 
-    def _list(self, action: str, function: Callable[..., Any], selector: str) -> list[Any]:
-        items: list[Any] = []
+    def _pages(
+        self, action: str, function: Callable[..., Any], selector: str
+    ) -> Iterator[dict[str, Any]]:
+        """The pages of one list, raw, in order; the last carries the list's resourceVersion."""
         token = None
         while True:
-            page = self._raw(
+            page: dict[str, Any] = self._raw(
                 action,
                 function,
                 self.namespace,
@@ -586,10 +579,17 @@ class KubernetesBackend:
                 limit=PAGE_SIZE,
                 _continue=token,
             )
-            items.extend(page.get("items") or [])
+            yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items
+                return
+
+    def _list(self, action: str, function: Callable[..., Any], selector: str) -> list[Any]:
+        return [
+            item
+            for page in self._pages(action, function, selector)
+            for item in page.get("items") or []
+        ]
 
     def _pods(self, selector: str) -> dict[str, list[dict[str, Any]]]:
         by_job: dict[str, list[dict[str, Any]]] = {}
