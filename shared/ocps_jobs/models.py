@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -193,6 +194,11 @@ class ResultFile(BaseModel):
             cls(key=item["key"], size=item["size"], content_type=item["contentType"])
             for item in manifest["files"]
         ]
+
+    @classmethod
+    def from_manifest_json(cls, data: bytes) -> list[ResultFile]:
+        """The results of a manifest as stored; ValueError/KeyError/TypeError when malformed."""
+        return cls.from_manifest(json.loads(data))
 
 
 class JobRecord(BaseModel):

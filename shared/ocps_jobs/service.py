@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -236,7 +235,7 @@ class JobService:
         if data is None:
             return []
         try:
-            return ResultFile.from_manifest(json.loads(data))
+            return ResultFile.from_manifest_json(data)
         except (ValueError, KeyError, TypeError) as error:
             log.error("unreadable manifest for job %s: %s", record.job_id, error)
             return []

@@ -614,7 +614,7 @@ class KubernetesBackend:
                 self._missing[job_id] = time.monotonic()
             return None
         try:
-            results = ResultFile.from_manifest(orjson.loads(data))
+            results = ResultFile.from_manifest_json(data)
         except (ValueError, KeyError, TypeError):
             log.error("unreadable manifest of job %s", job_id)
             return None
