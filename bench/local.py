@@ -28,9 +28,9 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
 
 
-def create_pending(port: int, count: int, concurrency: int = 4) -> list[str]:
-    """``count`` PENDING jobs through UWS ``POST /uws/async``; their ids."""
-    body = urlencode({"command": "true"}).encode()
+def create_pending(port: int, count: int, concurrency: int = 4, command: str = "true") -> list[str]:
+    """``count`` PENDING jobs through UWS ``POST /uws/async``; all PENDING ids, oldest first."""
+    body = urlencode({"command": command}).encode()
     _, _, failures = closed_loop(
         port, count, concurrency, lambda _: ("POST", "/uws/async", body, FORM), lambda s: s == 303
     )
@@ -132,17 +132,6 @@ def bench_poll(work: Path, quick: bool) -> list[Result]:
     ]
 
 
-def _create_pending(server: Server) -> str:
-    """A PENDING job created through UWS (no PHASE=RUN); its id."""
-    connection = Connection(server.port)
-    body = urlencode({"command": "sleep 5"}).encode()
-    status, _ = connection.request("POST", "/uws/async", body, FORM)
-    assert status == 303, status
-    status, data = connection.request("GET", "/api/v1/job?phase=pending")
-    connection.close()
-    return str(json.loads(data)[-1]["jobId"])
-
-
 def _run(server: Server, job_id: str) -> None:
     """PHASE=RUN on a PENDING job: the one phase change the waiters wait for."""
     status, _ = Connection(server.port, timeout=90).request(
@@ -159,7 +148,7 @@ def wait_fanout(
     Reports when every waiter was answered after the change, and the server's CPU while
     they waited against the same server's CPU with nobody waiting.
     """
-    job_id = _create_pending(server)
+    job_id = create_pending(server.port, 1, concurrency=1, command="sleep 5")[-1]
     pid = server.pid
     time.sleep(1.0)
     before = cpu_seconds(pid)
