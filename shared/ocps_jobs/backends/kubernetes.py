@@ -233,6 +233,11 @@ class _Waiters:
         self.count = 0
         self.changes = 0
 
+    def wake(self) -> None:
+        """Count a change and wake every waiter (the caller holds the lock)."""
+        self.changes += 1
+        self.condition.notify_all()
+
 
 class _Informer:
     """One watch of the namespace's Jobs and one of their Pods, for the whole process.
@@ -324,8 +329,7 @@ class _Informer:
                         pods.setdefault(job_id, {})[item["metadata"]["name"]] = item
                 self.pods = pods
             for waiters in self.waiters.values():  # anything may have changed meanwhile
-                waiters.changes += 1
-                waiters.condition.notify_all()
+                waiters.wake()
         _freeze_long_lived()
         self._synced[kind].set()
         if self.synced:
@@ -393,8 +397,7 @@ class _Informer:
     def _notify(self, job_id: str) -> None:
         waiters = self.waiters.get(job_id)
         if waiters is not None:
-            waiters.changes += 1
-            waiters.condition.notify_all()
+            waiters.wake()
 
     # --- what the backend reads and writes ----------------------------------------------
 
