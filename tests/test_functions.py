@@ -63,3 +63,11 @@ def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> No
     request_schema = document["components"]["schemas"]["JobRequest"]
     assert request_schema["required"] == ["command"]
     assert request_schema["additionalProperties"] is False
+    # The same fields as form fields: each a string, the same one required, no others.
+    create = document["paths"]["/api/v1/job"]["put"]["requestBody"]["content"]
+    form_schema = create["application/x-www-form-urlencoded"]["schema"]
+    assert form_schema["required"] == ["command"]
+    assert form_schema["additionalProperties"] is False
+    assert set(form_schema["properties"]) == set(request_schema["properties"])
+    assert {field["type"] for field in form_schema["properties"].values()} == {"string"}
+    assert "JSON array" in form_schema["properties"]["environment"]["description"]

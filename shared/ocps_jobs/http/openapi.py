@@ -16,6 +16,7 @@ from ..models import (
     Phase,
     ResultListing,
 )
+from .parsing import form_schema
 
 __all__ = ["openapi_document"]
 
@@ -92,12 +93,7 @@ def openapi_document() -> dict[str, Any]:
                     "required": True,
                     "content": {
                         "application/json": {"schema": _ref("JobRequest")},
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "description": "JobRequest fields; `environment` as a JSON array",
-                            }
-                        },
+                        "application/x-www-form-urlencoded": {"schema": form_schema(JobRequest)},
                     },
                 },
                 "responses": {"200": job, **_errors(400, 413, 415, 503)},

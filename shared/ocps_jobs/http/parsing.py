@@ -7,11 +7,12 @@ from typing import Any, TypeVar
 
 from flask import Request
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
-__all__ = ["parse_body", "read_body", "validation_message"]
+__all__ = ["form_schema", "parse_body", "read_body", "validation_message"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,6 +41,27 @@ def validation_message(error: ValidationError) -> str:
     return "Invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _is_json_in_form(field: FieldInfo) -> bool:
+    """A list field travels in a form as one JSON array."""
+    return "list" in str(field.annotation)
+
+
+def form_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """JSON Schema of the model's fields as form fields: each one string."""
+    properties: dict[str, dict[str, str]] = {}
+    for name, field in model.model_fields.items():
+        schema = properties[name] = {"type": "string"}
+        notes = [field.description or "", "A JSON array." if _is_json_in_form(field) else ""]
+        if description := " ".join(note for note in notes if note):
+            schema["description"] = description
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name, field in model.model_fields.items() if field.is_required()],
+        "additionalProperties": False,
+    }
+
+
 def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     for name, values in request.form.lists():
@@ -49,8 +71,7 @@ def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
     for name, field in model.model_fields.items():
         if name not in payload:
             continue
-        annotation = str(field.annotation)
-        if "list" in annotation:
+        if _is_json_in_form(field):
             try:
                 payload[name] = json.loads(payload[name])
             except (ValueError, RecursionError):
