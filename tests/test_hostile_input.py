@@ -52,9 +52,14 @@ def test_result_ids_cannot_leave_a_jobs_results(
         assert response.status_code == 404, result_id
         assert response.get_json()["error"] == "result_not_found"
         assert b"root:" not in response.data and b"secret" not in response.data
-    for path in [f"/api/v1/job/result/{first}/-1", f"/api/v1/job/result/{first}/99"]:
-        assert client.get(path).status_code in (400, 404)
-    assert client.get(f"/api/v1/job/result/{first}/abc").status_code == 400
+    for index in ["-1", "abc", "\u0663", "1.0"]:  # \u0663: ARABIC-INDIC DIGIT THREE
+        response = client.get(f"/api/v1/job/result/{first}/{index}")
+        assert response.status_code == 400, index
+        assert "non-negative integer" in response.get_json()["message"]
+    for index in ["99", "2330977089", "9" * 5000]:  # well-formed, past the job's results
+        response = client.get(f"/api/v1/job/result/{first}/{index}")
+        assert response.status_code == 404, index
+        assert response.get_json()["error"] == "result_not_found"
     # The job's own file stays reachable, by ID and by index.
     assert result_text(client, first, "mine.txt") == "one\n"
     assert client.get(f"/api/v1/job/result/{first}/0").status_code == 200

@@ -458,6 +458,8 @@ def test_environment_as_json_array_and_repeated_env(client: FlaskClient) -> None
         ({"command": "true", "DESTRUCTION": "soon"}, b"DESTRUCTION"),
         ({"command": "true", "replicas": "0"}, b"replicas"),
         ({"command": "true", "replicas": "many"}, b"replicas"),
+        ({"command": "true", "replicas": "\u0663"}, b"replicas"),
+        ({"command": "true", "replicas": "9" * 40}, b"replicas"),
         ({"command": "true", "url": "-oProxyCommand=x"}, b"url"),
         ({"command": ["a", "b"]}, b"more than once"),
     ],
@@ -586,6 +588,9 @@ def test_job_list_documents_and_filters(client: FlaskClient, three_jobs: list[st
     assert listed(client, "?phase=EXECUTING") == []
     assert listed(client, "?LAST=2") == [aborted, pending]
     assert listed(client, "?LAST=0") == []
+    # More than there are is all of them, newest first, however many digits it takes.
+    for many in ("12345678901", "9" * 5000):
+        assert listed(client, f"?LAST={many}") == [aborted, pending, done]
     assert listed(client, "?LAST=2&PHASE=COMPLETED&PHASE=PENDING") == [pending, done]
     created = {
         r.jobid: r.creationtime.datetime.replace(tzinfo=UTC)
@@ -622,6 +627,7 @@ def test_archived_jobs_are_listed_only_when_asked_for(
         "?AFTER=9999-12-31T23:59:59-14:00",
         "?LAST=-1",
         "?LAST=x",
+        "?LAST=\u0663",  # ARABIC-INDIC DIGIT THREE: a digit, not an ASCII one
         "?LAST=1&LAST=2",
     ],
 )

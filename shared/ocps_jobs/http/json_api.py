@@ -11,7 +11,7 @@ from ..models import DeleteResponse, JobRequest, Phase
 from ..service import ListQuery
 from .downloads import download_response
 from .openapi import openapi_document
-from .parsing import parse_body
+from .parsing import parse_body, parse_natural
 from .render import job_document, json_response, result_listing
 from .routing import Context, Route
 
@@ -99,10 +99,10 @@ def download_result(ctx: Context) -> Response:
     if by_index is None:
         result = ctx.service.find_result(reference, ctx.caller)
     else:
-        index_text = by_index["index"]
-        if not index_text.isdigit() or len(index_text) > 9:
+        index = parse_natural(by_index["index"])
+        if index is None:
             raise InvalidRequestError("The result index must be a non-negative integer")
-        result = ctx.service.find_result_by_index(by_index["job_id"], int(index_text), ctx.caller)
+        result = ctx.service.find_result_by_index(by_index["job_id"], index, ctx.caller)
     return download_response(ctx.service, result, ctx.request)
 
 

@@ -12,7 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
-__all__ = ["form_schema", "parse_body", "read_body", "validation_message"]
+__all__ = ["form_schema", "parse_body", "parse_natural", "read_body", "validation_message"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,6 +39,19 @@ def validation_message(error: ValidationError) -> str:
         problems.append(f"{where}: {item['msg']}")
     more = error.error_count() - len(problems)
     return "Invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+# Any count or index the API takes is far below this; larger numbers are clamped to it, so
+# "more than there is" stays a well-formed request without int() of a thousand digits.
+_NATURAL_CEILING = 10**18
+
+
+def parse_natural(text: str) -> int | None:
+    """A non-negative decimal integer in ASCII digits (spaces around allowed), else None."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits) if len(digits) <= 18 else _NATURAL_CEILING
 
 
 def _is_json_in_form(field: FieldInfo) -> bool:
@@ -79,10 +92,10 @@ def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
                     f"Invalid request: {name} must be a JSON array in a form field"
                 ) from None
         elif field.annotation is int:
-            text = payload[name]
-            if not text.isdigit() or len(text) > 6:
+            number = parse_natural(payload[name])
+            if number is None:
                 raise InvalidRequestError(f"Invalid request: {name} must be an integer")
-            payload[name] = int(text)
+            payload[name] = number
     return payload
 
 

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
 from ..models import JobRequest, Phase
 from ..service import ListQuery
-from .parsing import FORM_TYPES, read_body, validation_message
+from .parsing import FORM_TYPES, parse_natural, read_body, validation_message
 from .routing import Context, Route
 from .uws_xml import (
     job_document,
@@ -173,9 +173,10 @@ def _job_request(params: Params) -> JobRequest:
         payload["run_id"] = run_id
     replicas = _one(params, "replicas")
     if replicas is not None:
-        if not replicas.strip().isdigit() or len(replicas) > 6:
+        count = parse_natural(replicas)
+        if count is None:
             raise InvalidRequestError("replicas must be a positive integer")
-        payload["replicas"] = int(replicas)
+        payload["replicas"] = count
     payload["environment"] = _environment(params)
     try:
         return JobRequest.model_validate(payload)
@@ -306,13 +307,14 @@ def list_jobs(ctx: Context) -> Response:
     if not phases:
         phases = frozenset(set(Phase) - {Phase.ARCHIVED})
     after = _one(params, "after")
-    last = _one(params, "last")
-    if last is not None and (not last.strip().isdigit() or len(last.strip()) > 9):
+    last_text = _one(params, "last")
+    last = parse_natural(last_text) if last_text is not None else None
+    if last_text is not None and last is None:
         raise InvalidRequestError("LAST must be a non-negative integer")
     query = ListQuery(
         phases=phases,
         after=parse_time(after, "AFTER") if after is not None else None,
-        last=int(last) if last is not None else None,
+        last=last,
     )
     records = ctx.service.list_jobs(ctx.caller, query)
     return xml_response(job_list_document(records, _base(ctx) + "uws/async/"))
