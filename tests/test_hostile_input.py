@@ -217,6 +217,9 @@ def test_range_requests(client: FlaskClient, service: JobService, tmp_path: Path
         "bytes=2-5": (206, b"2345", "bytes 2-5/10"),
         "bytes=7-": (206, b"789", "bytes 7-9/10"),
         "bytes=-3": (206, b"789", "bytes 7-9/10"),
+        # A suffix longer than the file is the whole file (RFC 9110 section 14.1.2).
+        "bytes=-243": (206, b"0123456789", "bytes 0-9/10"),
+        "bytes=-10": (206, b"0123456789", "bytes 0-9/10"),
         "bytes=5-100": (206, b"56789", "bytes 5-9/10"),
         "bytes=0-1,4-5": (200, b"0123456789", None),
         "garbage": (200, b"0123456789", None),

@@ -37,7 +37,13 @@ def download_response(service: JobService, result: ResultFile, request: Request)
         if len(requested.ranges) != 1:
             requested = None  # multipart ranges are not served; the whole file is
         else:
-            bounds = requested.range_for_length(size)
+            first, stop = requested.ranges[0]
+            if first < 0 and stop is None:
+                # The last -first bytes; all of them when the file is shorter (RFC 9110
+                # 14.1.2), which werkzeug's range_for_length answers as unsatisfiable.
+                bounds: tuple[int, int] | None = (max(size + first, 0), size)
+            else:
+                bounds = requested.range_for_length(size)
             if bounds is None:
                 raise RangeNotSatisfiableError("The requested range is outside the file", size)
             start, end, status = bounds[0], bounds[1] - 1, 206
