@@ -71,3 +71,10 @@ def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> No
     assert set(form_schema["properties"]) == set(request_schema["properties"])
     assert {field["type"] for field in form_schema["properties"].values()} == {"string"}
     assert "JSON array" in form_schema["properties"]["environment"]["description"]
+    assert form_schema["properties"]["environment"]["contentMediaType"] == "application/json"
+    for name in ("command", "url"):  # text keeps its limits, optional or not
+        declared = request_schema["properties"][name]
+        as_string = next(b for b in declared.get("anyOf", [declared]) if b["type"] == "string")
+        assert form_schema["properties"][name]["maxLength"] == as_string["maxLength"]
+        assert form_schema["properties"][name]["pattern"] == as_string["pattern"]
+    assert form_schema["properties"]["command"]["minLength"] == 1

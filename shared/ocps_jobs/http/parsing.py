@@ -59,11 +59,25 @@ def _is_json_in_form(field: FieldInfo) -> bool:
     return "list" in str(field.annotation)
 
 
+_STRING_KEYWORDS = ("minLength", "maxLength", "pattern")
+
+
 def form_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """JSON Schema of the model's fields as form fields: each one string."""
-    properties: dict[str, dict[str, str]] = {}
+    """JSON Schema of the model's fields as form fields: each one string.
+
+    A text field keeps its length and pattern; ``null`` has no form spelling, so an optional
+    one is the string alone; a list is a string of JSON (``contentMediaType``).
+    """
+    json_properties = model.model_json_schema()["properties"]
+    properties: dict[str, dict[str, Any]] = {}
     for name, field in model.model_fields.items():
         schema = properties[name] = {"type": "string"}
+        declared = json_properties[name]
+        for branch in declared.get("anyOf", [declared]):
+            if branch.get("type") == "string":
+                schema.update((key, branch[key]) for key in _STRING_KEYWORDS if key in branch)
+        if _is_json_in_form(field):
+            schema["contentMediaType"] = "application/json"
         notes = [field.description or "", "A JSON array." if _is_json_in_form(field) else ""]
         if description := " ".join(note for note in notes if note):
             schema["description"] = description
