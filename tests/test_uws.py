@@ -340,7 +340,7 @@ def test_execution_duration_is_clamped_and_enforced(tmp_path: Path) -> None:
         assert response.status_code == 303
         assert response.headers["Location"].endswith(f"/uws/async/{job_id}")
         assert client.get(f"/uws/async/{job_id}/executionduration").data == got.encode()
-    for bad in ("-1", "ten", "", "1e3", "nan", "2147483648", "99999999999"):
+    for bad in ("-1", "ten", "", "1e3", "nan", "2147483648", "99999999999", "\u0663"):
         response = client.post(
             f"/uws/async/{job_id}/executionduration", data={"EXECUTIONDURATION": bad}
         )
@@ -534,7 +534,7 @@ def test_wait_on_a_final_job_returns_at_once(client: FlaskClient) -> None:
 def test_wait_is_capped(tmp_path: Path) -> None:
     _, client = custom_client(tmp_path, wait_max_seconds=1)
     job_id = create(client, command="true")
-    for query in ("?WAIT=-1", "?WAIT=600", "?WAIT=30&PHASE=PENDING"):
+    for query in ("?WAIT=-1", "?WAIT=600", "?WAIT=30&PHASE=PENDING", "?WAIT=12345678901"):
         started = time.monotonic()
         assert job(client, job_id, query).phase == "PENDING"
         assert 0.9 <= time.monotonic() - started < 5, query
@@ -543,7 +543,9 @@ def test_wait_is_capped(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1
 
 
-@pytest.mark.parametrize("query", ["?WAIT=abc", "?WAIT=-2", "?WAIT=1.5", "?WAIT=1&PHASE=RUNNING"])
+@pytest.mark.parametrize(
+    "query", ["?WAIT=abc", "?WAIT=-2", "?WAIT=1.5", "?WAIT=\u0663", "?WAIT=1&PHASE=RUNNING"]
+)
 def test_bad_wait_is_400(client: FlaskClient, query: str) -> None:
     job_id = create(client, command="true")
     response = client.get(f"/uws/async/{job_id}{query}")

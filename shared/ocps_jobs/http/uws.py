@@ -54,7 +54,7 @@ ABORT_WAIT_SECONDS = 30.0
 
 _CREATION_FIELDS = {"command": "command", "url": "url", "commit_ref": "commit_ref"}
 _CREATION_CONTROLS = frozenset({"phase", "executionduration", "destruction"})
-_DURATION = re.compile(r"^\+?(\d{1,10}(\.\d*)?|\.\d+)$")
+_DURATION = re.compile(r"^\+?([0-9]{1,10}(\.[0-9]*)?|\.[0-9]+)$")
 # executionDuration is an xs:int in UWS.xsd.
 MAX_DURATION = 2**31 - 1
 
@@ -224,10 +224,11 @@ def _job_xml(ctx: Context, job_id: str, wait: bool = False) -> Response:
 
 
 def _wait_seconds(text: str) -> float:
-    text = text.strip()
-    if not re.fullmatch(r"-?\d{1,9}", text) or int(text) < -1:
+    """``WAIT``: whole seconds, or -1 for as long as allowed (the service caps both)."""
+    seconds = -1 if text.strip() == "-1" else parse_natural(text)
+    if seconds is None:
         raise InvalidRequestError("WAIT must be a whole number of seconds, or -1")
-    return float(int(text))
+    return float(seconds)
 
 
 # --- create_job: every state change ---------------------------------------------------------
