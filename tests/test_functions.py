@@ -69,7 +69,10 @@ def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> No
     assert form_schema["required"] == ["command"]
     assert form_schema["additionalProperties"] is False
     assert set(form_schema["properties"]) == set(request_schema["properties"])
-    assert {field["type"] for field in form_schema["properties"].values()} == {"string"}
+    types = {name: field["type"] for name, field in form_schema["properties"].items()}
+    assert types == {name: "integer" if name == "replicas" else "string" for name in types}
+    replicas = request_schema["properties"]["replicas"]
+    assert form_schema["properties"]["replicas"]["maximum"] == replicas["maximum"]
     assert "JSON array" in form_schema["properties"]["environment"]["description"]
     assert form_schema["properties"]["environment"]["contentMediaType"] == "application/json"
     for name in ("command", "url"):  # text keeps its limits, optional or not
@@ -78,3 +81,8 @@ def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> No
         assert form_schema["properties"][name]["maxLength"] == as_string["maxLength"]
         assert form_schema["properties"][name]["pattern"] == as_string["pattern"]
     assert form_schema["properties"]["command"]["minLength"] == 1
+    variable = document["components"]["schemas"]["EnvironmentVariable-Input"]["properties"]["name"]
+    assert set(variable["not"]["enum"]) == {"JOB_ID", "JOB_OUTPUT_DIR", "JOB_SOURCE_DIR"} | {
+        "SRC_GIT_URL",
+        "GIT_COMMIT_REF",
+    }

@@ -7,7 +7,14 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 from .conventions import RESERVED_ENV_NAMES
 
@@ -77,7 +84,16 @@ ACTIVE_PHASES = frozenset(
 )
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.ERROR, Phase.ABORTED, Phase.ARCHIVED})
 
+
+def _integral_number(value: Any) -> Any:
+    """JSON Schema's integer includes ``2.0``: take it as 2 (text and booleans stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 _NO_NUL = r"^[^\x00]*$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _PRINTABLE_LINE = r"^[^\x00-\x1f\x7f]*$"
 
 
@@ -86,7 +102,21 @@ class EnvironmentVariable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_ENV_NAME_LENGTH)]
+    name: Annotated[
+        str,
+        Field(pattern=_ENV_NAME, max_length=MAX_ENV_NAME_LENGTH),
+        # A request may not set the reserved names (JobRequest's validator refuses them);
+        # a job's own environment, as rendered, has them.
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": _ENV_NAME,
+                "maxLength": MAX_ENV_NAME_LENGTH,
+                "not": {"enum": sorted(RESERVED_ENV_NAMES)},
+            },
+            mode="validation",
+        ),
+    ]
     value: Annotated[
         str,
         Field(max_length=MAX_ENV_VALUE_LENGTH, pattern=_NO_NUL),
@@ -152,7 +182,9 @@ class JobRequest(BaseModel):
             description="Branch, tag or commit checked out after the clone.",
         ),
     ] = None
-    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS, strict=True)] = 1
+    replicas: Annotated[
+        int, Field(ge=1, le=MAX_REPLICAS, strict=True), BeforeValidator(_integral_number)
+    ] = 1
 
     @field_validator("run_id", "url", "commit_ref", mode="before")
     @classmethod

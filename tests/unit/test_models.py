@@ -62,6 +62,10 @@ def test_defaults_and_nulls() -> None:
         {"command": "true", "replicas": 0},
         {"command": "true", "replicas": "2"},
         {"command": "true", "replicas": 1000},
+        {"command": "true", "replicas": 1.5},
+        {"command": "true", "replicas": True},
+        {"command": "true", "replicas": float("nan")},
+        {"command": "true", "replicas": 1e300},
         {"command": "true", "unknown_field": "x"},
         {"command": "x" * 70_000},
     ],
@@ -69,6 +73,12 @@ def test_defaults_and_nulls() -> None:
 def test_bad_requests_are_refused(body: dict) -> None:
     with pytest.raises(ValidationError):
         JobRequest.model_validate(body)
+
+
+def test_an_integral_number_is_an_integer() -> None:
+    # JSON Schema (and so the OpenAPI document) counts 2.0 as an integer.
+    assert JobRequest.model_validate_json('{"command": "true", "replicas": 2.0}').replicas == 2
+    assert JobRequest.model_validate({"command": "true", "replicas": 3.0}).replicas == 3
 
 
 def test_seed_time_format() -> None:

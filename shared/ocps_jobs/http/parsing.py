@@ -63,16 +63,22 @@ _STRING_KEYWORDS = ("minLength", "maxLength", "pattern")
 
 
 def form_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """JSON Schema of the model's fields as form fields: each one string.
+    """JSON Schema of the model's fields as form fields.
 
     A text field keeps its length and pattern; ``null`` has no form spelling, so an optional
-    one is the string alone; a list is a string of JSON (``contentMediaType``).
+    one is the string alone; an integer is sent as its decimal text (OpenAPI's form
+    serialization) and keeps its bounds; a list is a string of JSON (``contentMediaType``).
     """
     json_properties = model.model_json_schema()["properties"]
     properties: dict[str, dict[str, Any]] = {}
     for name, field in model.model_fields.items():
-        schema = properties[name] = {"type": "string"}
         declared = json_properties[name]
+        if declared.get("type") == "integer":  # sent as its decimal text, bounds as declared
+            schema = properties[name] = {
+                key: declared[key] for key in ("type", "minimum", "maximum") if key in declared
+            }
+        else:
+            schema = properties[name] = {"type": "string"}
         for branch in declared.get("anyOf", [declared]):
             if branch.get("type") == "string":
                 schema.update((key, branch[key]) for key in _STRING_KEYWORDS if key in branch)
