@@ -21,7 +21,7 @@ from ocps_jobs.backends.kubernetes import KubernetesBackend
 from ocps_jobs.conventions import ANNOTATIONS, job_name
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
-from ocps_jobs.models import Caller, JobRequest, Phase
+from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService, ListQuery
 from ocps_jobs.sidecar import Uploader, final_record
 from tests.cluster.conftest import ControlPlane
@@ -32,6 +32,17 @@ ANYONE = Caller()
 
 def kube_job(kube: k8s.ApiClient, namespace: str, job_id: str) -> k8s.V1Job:
     return k8s.BatchV1Api(kube).read_namespaced_job(job_name(job_id), namespace)
+
+
+def seen_by_service(service: JobService, job_id: str, phase: Phase) -> JobRecord:
+    """The job once the service reports ``phase``.
+
+    The service reads its watched copy of the Jobs, which sees a change a moment after the API.
+    """
+    found: JobRecord = wait_until(
+        lambda: (job := service.get_job(job_id, ANYONE)).phase is phase and job
+    )
+    return found
 
 
 def job_condition(kube: k8s.ApiClient, namespace: str, job_id: str, kind: str) -> bool:
@@ -163,8 +174,7 @@ def test_failing_pod_is_error_with_its_message(
     )
     record = service.create_job(JobRequest(command="exit 3"), ANYONE)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"))
-    job = service.get_job(record.job_id, ANYONE)
-    assert job.phase is Phase.ERROR
+    job = seen_by_service(service, record.job_id, Phase.ERROR)
     assert job.error_message == "Command exited with code 3:\nboom"
     assert job.end_time is not None
 
@@ -186,8 +196,7 @@ def test_failed_git_clone_is_error_with_git_message(
         JobRequest(command="true", url="https://example.org/missing.git"), ANYONE
     )
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"))
-    job = service.get_job(record.job_id, ANYONE)
-    assert job.phase is Phase.ERROR
+    job = seen_by_service(service, record.job_id, Phase.ERROR)
     assert job.error_message.startswith("git clone failed: ")
     assert "repository not found" in job.error_message
 
@@ -231,8 +240,7 @@ def test_execution_duration_overrun_is_aborted(
     assert kube_job(kube, namespace, record.job_id).spec.active_deadline_seconds == 2
     service.start_job(record.job_id, ANYONE)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Failed"), timeout=30)
-    job = service.get_job(record.job_id, ANYONE)
-    assert job.phase is Phase.ABORTED
+    job = seen_by_service(service, record.job_id, Phase.ABORTED)
     assert "execution duration of 2 s" in job.error_message
 
 
@@ -249,8 +257,11 @@ def test_ttl_deleted_job_is_answered_from_its_archive(
     ]
     wait_until(lambda: job_condition(kube, namespace, job_id, "Complete"))
     act_as_sidecar(service, job_id, tmp_path)
-    before = client.get(f"/api/v1/job/{job_id}").get_json()
-    assert before["phase"] == "completed"
+    before = wait_until(
+        lambda: (
+            (job := client.get(f"/api/v1/job/{job_id}").get_json())["phase"] == "completed" and job
+        )
+    )
 
     def gone() -> bool:
         try:
@@ -387,9 +398,7 @@ def test_failed_upload_is_error_not_executing_forever(
     )
     record = service.create_job(JobRequest(command="true"), ANYONE)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
-    job = wait_until(
-        lambda: (j := service.get_job(record.job_id, ANYONE)).phase is Phase.ERROR and j
-    )
+    job = seen_by_service(service, record.job_id, Phase.ERROR)
     assert job.error_message.startswith("The job's results could not be uploaded")
     listed = service.list_jobs(ANYONE, ListQuery(phases=frozenset({Phase.ERROR})))
     assert [r.job_id for r in listed] == [record.job_id]
