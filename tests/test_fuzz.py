@@ -235,8 +235,9 @@ def fuzz_operation(
     max_examples: int,
     prepare: Callable[[Any, Any], dict[str, str]],
     tally: Tally,
+    with_checks: list[Any] = CHECKS,
 ) -> None:
-    """Run one operation's strategy through hypothesis; every case checked with CHECKS."""
+    """Run one operation's strategy through hypothesis; every case checked ``with_checks``."""
 
     @given(case=operation.as_strategy(generation_mode=mode), data=st.data())
     @hypothesis.settings(
@@ -248,7 +249,7 @@ def fuzz_operation(
     )
     def run(case: Any, data: Any) -> None:
         headers = prepare(case, data)
-        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        response = case.call_and_validate(headers=headers, checks=with_checks)
         tally.count(f"{operation.label} [{mode.value}]", response.status_code)
         if mode is GenerationMode.POSITIVE and headers == AUTH:
             # What the document calls valid is accepted, or refused only for a reason above.
@@ -307,6 +308,13 @@ def test_fuzz_every_operation_against_its_documented_schema(
             parameters["n"] = chance.randrange(len(SEED_FILES) + 2)
         if "resultId" in parameters and chance.random() < 0.8:
             parameters["resultId"] = chance.choice(seeded.result_ids)
+        if case.media_type == "application/x-www-form-urlencoded" and isinstance(case.body, dict):
+            # A form field is text. The test transport (werkzeug) leaves out a field whose
+            # generated value is null, a list or an object, so such a case would claim a field
+            # (say an unknown one, to be refused) that is never sent.
+            hypothesis.assume(
+                all(isinstance(value, str | int | float) for value in case.body.values())
+            )
         if (
             case.media_type == "application/x-www-form-urlencoded"
             and case.meta.generation.mode.is_positive
@@ -384,8 +392,11 @@ def test_fuzz_job_creation_on_the_real_local_backend(tmp_path: Path) -> None:
 
     service.create_job = create_job  # type: ignore[method-assign]
     started = time.monotonic()
+    # harmless() may turn an invalid body into a valid one (a missing command becomes
+    # "true"), so refusing invalid data is left to the recording-backend run.
+    kept = [check for check in CHECKS if check is not checks.negative_data_rejection]
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        fuzz_operation(operation, mode, 60, prepare, tally)
+        fuzz_operation(operation, mode, 60, prepare, tally, kept)
     print(
         f"\nfuzz (local backend, PUT only): {tally.examples} examples, "
         f"{len(accepted)} jobs run, in {time.monotonic() - started:.1f} s; "
