@@ -82,9 +82,10 @@ def form_schema(model: type[BaseModel]) -> dict[str, Any]:
         for branch in declared.get("anyOf", [declared]):
             if branch.get("type") == "string":
                 schema.update((key, branch[key]) for key in _STRING_KEYWORDS if key in branch)
+        notes = [field.description or ""]
         if _is_json_in_form(field):
             schema["contentMediaType"] = "application/json"
-        notes = [field.description or "", "A JSON array." if _is_json_in_form(field) else ""]
+            notes.append("A JSON array.")
         if description := " ".join(note for note in notes if note):
             schema["description"] = description
     return {
