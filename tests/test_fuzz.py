@@ -18,7 +18,6 @@ be a 5xx. Two runs:
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,15 +33,11 @@ from hypothesis import strategies as st
 from schemathesis import checks
 from schemathesis.generation.modes import GenerationMode
 
-from ocps_jobs.backends import JobUpdate
-from ocps_jobs.backends.base import Unset
 from ocps_jobs.config import Settings
-from ocps_jobs.conventions import job_prefix, output_key
-from ocps_jobs.errors import JobNotFoundError, PhaseConflictError
+from ocps_jobs.conventions import output_key
 from ocps_jobs.http import build_service, create_embedded_app
 from ocps_jobs.http.app import build_store
 from ocps_jobs.models import (
-    ACTIVE_PHASES,
     Caller,
     JobParameters,
     JobRecord,
@@ -55,6 +50,7 @@ from ocps_jobs.objectstore import ObjectStore
 from ocps_jobs.resultids import encode_result_id
 from ocps_jobs.service import JobService
 from tests.helpers import wait_until
+from tests.recording import RecordingBackend
 
 CHECKS = [
     checks.not_a_server_error,
@@ -86,81 +82,6 @@ RANGES = [
     "bytes=",
     "items=0-1",
 ]
-
-
-class RecordingBackend:
-    """A ``JobBackend`` that keeps records in memory and never runs anything."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-        self.records: dict[str, JobRecord] = {}
-        self.created = 0
-        self._lock = threading.Lock()
-
-    def create(self, record: JobRecord, *, start: bool) -> JobRecord:
-        record.phase = Phase.QUEUED if start else Phase.PENDING
-        with self._lock:
-            self.records[record.job_id] = record
-            self.created += 1
-        return record.model_copy(deep=True)
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            record = self.records.get(job_id)
-            return record.model_copy(deep=True) if record else None
-
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        with self._lock:
-            return [
-                record.model_copy(deep=True)
-                for record in self.records.values()
-                if owner is None or record.owner == owner
-            ]
-
-    def _require(self, job_id: str) -> JobRecord:
-        record = self.records.get(job_id)
-        if record is None:
-            raise JobNotFoundError(f"No job {job_id}")
-        return record
-
-    def start(self, job_id: str) -> JobRecord:
-        with self._lock:
-            record = self._require(job_id)
-            if record.phase is Phase.PENDING:
-                record.phase = Phase.QUEUED
-            elif record.phase not in (Phase.QUEUED, Phase.EXECUTING):
-                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}")
-            return record.model_copy(deep=True)
-
-    def abort(self, job_id: str, reason: str = "") -> JobRecord:
-        with self._lock:
-            record = self._require(job_id)
-            if record.phase not in ACTIVE_PHASES:
-                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}")
-            record.phase, record.end_time = Phase.ABORTED, utcnow()
-            record.error_message = reason or "Aborted by request."
-            return record.model_copy(deep=True)
-
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._require(job_id)
-            del self.records[job_id]
-        self.store.delete_prefix(job_prefix(job_id))
-
-    def update(self, job_id: str, update: JobUpdate) -> JobRecord:
-        with self._lock:
-            record = self._require(job_id)
-            if not isinstance(update.execution_duration, Unset):
-                record.execution_duration = update.execution_duration
-            if not isinstance(update.destruction, Unset):
-                record.destruction = update.destruction
-            return record.model_copy(deep=True)
-
-    def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 SEED_FILES = {
