@@ -6,56 +6,45 @@ import threading
 
 from ocps_jobs.backends import JobUpdate
 from ocps_jobs.backends.base import Unset
+from ocps_jobs.backends.records import InMemoryRecords, queue_pending
 from ocps_jobs.conventions import job_prefix
-from ocps_jobs.errors import JobNotFoundError, PhaseConflictError
+from ocps_jobs.errors import PhaseConflictError
 from ocps_jobs.models import ACTIVE_PHASES, JobRecord, Phase, utcnow
 from ocps_jobs.objectstore import ObjectStore
 
 __all__ = ["RecordingBackend"]
 
 
-class RecordingBackend:
+class RecordingBackend(InMemoryRecords):
     """A ``JobBackend`` that keeps records in memory and never runs anything."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self.records: dict[str, JobRecord] = {}
+        self._records: dict[str, JobRecord] = {}
         self.created = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @property
+    def records(self) -> dict[str, JobRecord]:
+        """The records themselves, for tests that seed or restore jobs."""
+        return self._records
+
+    @records.setter
+    def records(self, records: dict[str, JobRecord]) -> None:
+        with self._lock:
+            self._records = records
 
     def create(self, record: JobRecord, *, start: bool) -> JobRecord:
         record.phase = Phase.QUEUED if start else Phase.PENDING
         with self._lock:
-            self.records[record.job_id] = record
+            self._records[record.job_id] = record
             self.created += 1
         return record.model_copy(deep=True)
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            record = self.records.get(job_id)
-            return record.model_copy(deep=True) if record else None
-
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        with self._lock:
-            return [
-                record.model_copy(deep=True)
-                for record in self.records.values()
-                if owner is None or record.owner == owner
-            ]
-
-    def _require(self, job_id: str) -> JobRecord:
-        record = self.records.get(job_id)
-        if record is None:
-            raise JobNotFoundError(f"No job {job_id}")
-        return record
 
     def start(self, job_id: str) -> JobRecord:
         with self._lock:
             record = self._require(job_id)
-            if record.phase is Phase.PENDING:
-                record.phase = Phase.QUEUED
-            elif record.phase not in (Phase.QUEUED, Phase.EXECUTING):
-                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}")
+            queue_pending(record)
             return record.model_copy(deep=True)
 
     def abort(self, job_id: str, reason: str = "") -> JobRecord:
@@ -70,7 +59,7 @@ class RecordingBackend:
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._require(job_id)
-            del self.records[job_id]
+            del self._records[job_id]
         self.store.delete_prefix(job_prefix(job_id))
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:

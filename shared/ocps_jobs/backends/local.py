@@ -29,6 +29,7 @@ from ..models import ACTIVE_PHASES, JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
+from .records import InMemoryRecords, queue_pending
 
 __all__ = ["LocalBackend"]
 
@@ -52,7 +53,7 @@ class _Run:
     timer: threading.Timer | None = None
 
 
-class LocalBackend:
+class LocalBackend(InMemoryRecords):
     """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
@@ -143,37 +144,13 @@ class LocalBackend:
                 self._sweep_wakeup.set()
             return record.model_copy(deep=True)
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """A copy of the current record."""
-        with self._lock:
-            record = self._records.get(job_id)
-            return record.model_copy(deep=True) if record else None
-
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """Copies of every record (of one owner)."""
-        with self._lock:
-            return [
-                record.model_copy(deep=True)
-                for record in self._records.values()
-                if owner is None or record.owner == owner
-            ]
-
-    def _require(self, job_id: str) -> JobRecord:
-        record = self._records.get(job_id)
-        if record is None:
-            raise JobNotFoundError(f"No job {job_id}")
-        return record
-
     def start(self, job_id: str) -> JobRecord:
         """PENDING -> QUEUED; a job already on its way is left as it is."""
         with self._lock:
             record = self._require(job_id)
-            if record.phase is Phase.PENDING:
-                record.phase = Phase.QUEUED
+            if queue_pending(record):
                 self._save(record)
                 self._queue.put(job_id)
-            elif record.phase not in (Phase.QUEUED, Phase.EXECUTING):
-                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot run")
             return record.model_copy(deep=True)
 
     def abort(self, job_id: str, reason: str = "") -> JobRecord:

@@ -1,0 +1,49 @@
+"""Job records kept in memory under a lock, handed out as copies."""
+
+from __future__ import annotations
+
+import threading
+
+from ..errors import JobNotFoundError, PhaseConflictError
+from ..models import JobRecord, Phase
+
+__all__ = ["InMemoryRecords", "queue_pending"]
+
+
+class InMemoryRecords:
+    """The read side of a backend whose records live in ``_records``, guarded by ``_lock``."""
+
+    _records: dict[str, JobRecord]
+    _lock: threading.RLock
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """A copy of the current record."""
+        with self._lock:
+            record = self._records.get(job_id)
+            return record.model_copy(deep=True) if record else None
+
+    def list_records(self, owner: str | None = None) -> list[JobRecord]:
+        """Copies of every record (of one owner)."""
+        with self._lock:
+            return [
+                record.model_copy(deep=True)
+                for record in self._records.values()
+                if owner is None or record.owner == owner
+            ]
+
+    def _require(self, job_id: str) -> JobRecord:
+        """The record itself (callers hold the lock), or JobNotFoundError."""
+        record = self._records.get(job_id)
+        if record is None:
+            raise JobNotFoundError(f"No job {job_id}")
+        return record
+
+
+def queue_pending(record: JobRecord) -> bool:
+    """PENDING becomes QUEUED (True); QUEUED or EXECUTING stay (False); any other conflicts."""
+    if record.phase is Phase.PENDING:
+        record.phase = Phase.QUEUED
+        return True
+    if record.phase not in (Phase.QUEUED, Phase.EXECUTING):
+        raise PhaseConflictError(f"Job {record.job_id} is {record.phase.value}; it cannot run")
+    return False
