@@ -95,6 +95,14 @@ def test_nonzero_exit_is_error_with_code_and_stderr_tail(client: FlaskClient) ->
     assert "line1\n" in log_text and "out\n" in log_text
 
 
+def test_a_job_that_writes_its_own_ocps_job_log_keeps_both_logs(client: FlaskClient) -> None:
+    command = 'echo to stdout; echo written by the job > "$JOB_OUTPUT_DIR/ocps-job.log"'
+    job = finish(client, submit(client, command=command))
+    assert job["phase"] == "completed"
+    assert result_text(client, job["jobId"], "ocps-job.log") == "written by the job\n"
+    assert result_text(client, job["jobId"], "ocps-job~2.log") == "to stdout\n"
+
+
 def test_environment_contract(tmp_path: Path) -> None:
     settings = Settings.from_env(
         data_dir=tmp_path / "data",

@@ -40,7 +40,7 @@ from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.models import JobParameters, JobRecord, Phase
 from ocps_jobs.objectstore.base import guess_content_type
 from ocps_jobs.objectstore.filesystem import FilesystemStore
-from ocps_jobs.sidecar import Uploader, final_record, result_name, scan_outputs
+from ocps_jobs.sidecar import Uploader, alternate_name, final_record, result_name, scan_outputs
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import TcpProxy
 from tests.helpers import wait_until
@@ -507,6 +507,89 @@ def test_a_store_that_refuses_a_file_is_not_taken_for_an_unreadable_file(
 def test_result_name_escapes_only_bytes_that_are_not_utf8(raw: bytes, name: str) -> None:
     assert result_name(os.fsdecode(raw)) == name
     assert name.encode("utf-8")  # always encodable: an S3 key, a JSON string
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "alternate"),
+    [
+        ("ocps-job.log", 2, "ocps-job~2.log"),
+        ("deep/coadd.fits.fz", 3, "deep/coadd~3.fits.fz"),
+        ("README", 2, "README~2"),
+        ("dir.d/.hidden", 2, "dir.d/.hidden~2"),
+        ("caf%E9.txt", 2, "caf%E9~2.txt"),
+    ],
+)
+def test_alternate_name_numbers_the_stem(name: str, number: int, alternate: str) -> None:
+    assert alternate_name(name, number) == alternate
+
+
+def write_raw(folder: Path, name: bytes, data: bytes) -> None:
+    """A file whose name is raw bytes (not UTF-8), as a pipeline writing Latin-1 names makes."""
+    with open(os.path.join(os.fsencode(folder), name), "wb") as out:
+        out.write(data)
+
+
+def kept(store: FilesystemStore, job_id: str, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """Each result name in the manifest with the bytes the store holds under its key."""
+    return {item["path"]: store.get_bytes(item["key"]) or b"" for item in manifest["files"]}
+
+
+def test_files_claiming_one_result_name_are_all_kept_under_names_of_their_own(
+    job: JobFolder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job.write("ocps-job.log", b"the job's own log")
+    job.write("caf%E9.txt", b"really named so")
+    write_raw(job.out, b"caf\xe9.txt", b"latin-1 name")
+    job.write("caf%E9~2.txt", b"taken too")
+    job.log_file.write_text("captured stdout\n")
+    store = FilesystemStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    with caplog.at_level(logging.WARNING, logger="ocps_jobs.sidecar"):
+        manifest = uploader.finish({LOG_RESULT_NAME: job.log_file})
+    assert kept(store, job.job_id, manifest) == {
+        "ocps-job.log": b"the job's own log",  # the job's file first, the captured log after
+        "ocps-job~2.log": b"captured stdout\n",
+        "caf%E9.txt": b"really named so",  # a real name before an escaped one
+        "caf%E9~2.txt": b"taken too",  # never another file's own name
+        "caf%E9~3.txt": b"latin-1 name",
+    }
+    assert "skipped" not in manifest
+    assert "ocps-job.log is kept as ocps-job~2.log" in caplog.text
+    assert "caf%E9.txt is kept as caf%E9~3.txt" in caplog.text
+
+
+def test_a_result_name_stays_with_its_file_across_passes(job: JobFolder, tmp_path: Path) -> None:
+    write_raw(job.out, b"caf\xe9.txt", b"latin-1 name")
+    store = FilesystemStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    assert uploader.upload_changed() == 1  # kept as caf%E9.txt while the job runs
+    job.write("caf%E9.txt", b"really named so")  # then the job writes a file of that name
+    assert uploader.upload_changed() == 1  # only the new file, under a name of its own
+    assert uploader.upload_changed() == 0
+    manifest = uploader.finish()
+    assert kept(store, job.job_id, manifest) == {
+        "caf%E9.txt": b"latin-1 name",
+        "caf%E9~2.txt": b"really named so",
+    }
+    # Each keeps its name after the other is gone.
+    os.unlink(os.path.join(os.fsencode(job.out), b"caf\xe9.txt"))
+    manifest = uploader.finish()
+    assert kept(store, job.job_id, manifest) == {"caf%E9~2.txt": b"really named so"}
+
+
+def test_a_name_freed_by_a_deleted_file_is_uploaded_anew_by_its_next_holder(
+    job: JobFolder, tmp_path: Path
+) -> None:
+    job.write("ocps-job.log", b"own log")
+    store = FilesystemStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    assert uploader.upload_changed() == 1
+    stat = (job.out / "ocps-job.log").stat()
+    (job.out / "ocps-job.log").unlink()  # the job removes it before it ends
+    job.log_file.write_bytes(b"stdout!")  # the captured log: same size, same mtime
+    os.utime(job.log_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    manifest = uploader.finish({LOG_RESULT_NAME: job.log_file})
+    assert kept(store, job.job_id, manifest) == {"ocps-job.log": b"stdout!"}
 
 
 def test_a_failed_command_is_archived_as_error_with_the_stderr_tail(

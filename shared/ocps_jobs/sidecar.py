@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,9 +29,20 @@ from .conventions import (
 from .errors import BackendUnavailableError
 from .objectstore.base import ObjectStore, guess_content_type
 
-__all__ = ["OutputFile", "Uploader", "final_record", "main", "result_name", "scan_outputs"]
+__all__ = [
+    "OutputFile",
+    "Uploader",
+    "alternate_name",
+    "final_record",
+    "main",
+    "result_name",
+    "scan_outputs",
+]
 
 log = logging.getLogger("ocps_jobs.sidecar")
+
+# How Python keeps the bytes of a file name that are not UTF-8 (PEP 383: surrogateescape).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 T = TypeVar("T")
 
@@ -50,10 +63,15 @@ def result_name(relative_path: str) -> str:
     Linux names are bytes; Python keeps the ones that are not UTF-8 as lone surrogates,
     which no S3 key or JSON document can hold, so one such file would stop the upload.
     """
-    return "".join(
-        f"%{ord(char) - 0xDC00:02X}" if "\udc80" <= char <= "\udcff" else char
-        for char in relative_path
-    )
+    return _UNDECODABLE.sub(lambda byte: f"%{ord(byte[0]) - 0xDC00:02X}", relative_path)
+
+
+def alternate_name(name: str, number: int) -> str:
+    """``dir/coadd.fits.fz`` as ``dir/coadd~2.fits.fz``: the name with ``~number`` in its stem."""
+    folder, base = posixpath.split(name)
+    dot = base.find(".", 1)  # a leading dot belongs to the stem (".hidden")
+    stem, suffix = (base, "") if dot < 0 else (base[:dot], base[dot:])
+    return posixpath.join(folder, f"{stem}~{number}{suffix}")
 
 
 def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
@@ -93,9 +111,11 @@ class Uploader:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
-        self._uploaded: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime, sha256)
-        self._present: set[str] = set()  # files seen by the latest scan
+        # result name -> (source file, size, mtime, sha256) of what the store holds under it
+        self._uploaded: dict[str, tuple[str, int, int, str]] = {}
+        self._present: set[str] = set()  # result names of the files seen by the latest scan
         self._skipped: dict[str, str] = {}  # files that cannot be kept -> why not
+        self._names: dict[str, str] = {}  # source file -> its result name, kept across passes
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -143,21 +163,62 @@ class Uploader:
             self._skip(item, "the job left it unreadable to the uploader's user")
             return
         self._skipped.pop(item.relative_path, None)
-        self._uploaded[item.relative_path] = (item.size, item.mtime_ns, checksum)
+        self._uploaded[item.relative_path] = (item.path, item.size, item.mtime_ns, checksum)
+
+    def _unique_names(self, items: list[OutputFile], extras: int) -> list[OutputFile]:
+        r"""Each file under a result name of its own, so that no file overwrites another.
+
+        Two files can claim one: the captured log and a file of that name the job wrote, or
+        a name that is not UTF-8 (``caf\xe9.txt``, kept as ``caf%E9.txt``) and a file
+        really named so. A file keeps the name it had in an earlier pass; else the job's
+        files come before the last ``extras`` items (the captured log) and real names
+        before escaped ones, and a later file gets ``~2``, ``~3``... in its stem
+        (``ocps-job~2.log``), never another file's name.
+        """
+        claimed = {item.relative_path for item in items}
+        holders: dict[str, str] = {}  # result name -> source file, in this pass
+        named: dict[str, OutputFile] = {}
+        for item in items:
+            name = self._names.get(item.path)
+            if name is not None and name not in holders:
+                holders[name] = item.path
+                named[item.path] = replace(item, relative_path=name)
+
+        def precedence(index: int) -> tuple[bool, bool, int]:
+            escaped = _UNDECODABLE.search(items[index].path) is not None
+            return index >= len(items) - extras, escaped, index
+
+        newcomers = [index for index, item in enumerate(items) if item.path not in named]
+        for index in sorted(newcomers, key=precedence):
+            item = items[index]
+            name, number = item.relative_path, 1
+            while name in holders or (number > 1 and name in claimed):
+                number += 1
+                name = alternate_name(item.relative_path, number)
+            if number > 1:
+                log.warning(
+                    "%s is kept as %s: another file has that name", item.relative_path, name
+                )
+            holders[name] = item.path
+            self._names[item.path] = name
+            named[item.path] = replace(item, relative_path=name)
+        return [named[item.path] for item in items]
 
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
         """Upload files that are new or changed since the last pass; returns how many."""
         items = list(scan_outputs(self.output_dir)) if self.output_dir.is_dir() else []
+        outputs = len(items)
         for relative, path in (extra or {}).items():
             if path.is_file():
                 stat = path.stat()
                 items.append(OutputFile(relative, str(path), stat.st_size, stat.st_mtime_ns))
+        items = self._unique_names(items, extras=len(items) - outputs)
         self._present = {item.relative_path for item in items}
         changed = [
             item
             for item in items
-            if self._uploaded.get(item.relative_path, (None, None, None))[:2]
-            != (item.size, item.mtime_ns)
+            if self._uploaded.get(item.relative_path, (None, None, None))[:3]
+            != (item.path, item.size, item.mtime_ns)
         ]
         if not changed:
             return 0
@@ -182,7 +243,7 @@ class Uploader:
                 "sha256": checksum,
                 "contentType": guess_content_type(relative),
             }
-            for relative, (size, _mtime, checksum) in sorted(self._uploaded.items())
+            for relative, (_path, size, _mtime, checksum) in sorted(self._uploaded.items())
             if relative in self._present
         ]
         manifest = {
