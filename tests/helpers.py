@@ -86,3 +86,46 @@ def make_pipeline_repo(root: Path) -> Path:
     git(repo, "commit", "--quiet", "-am", "second")
     git(repo, "checkout", "--quiet", "main")
     return repo
+
+
+def kubelet_expand(text: str, variables: dict[str, str]) -> str:
+    """What a container's process sees of a command element or variable value in its spec.
+
+    The kubelet's expansion (Kubernetes' third_party/forked/golang/expansion): ``$(NAME)``
+    becomes the variable's value when it is defined and stays as written when not; ``$$``
+    becomes ``$``; an unclosed ``$(`` and any other ``$`` stay as written.
+    """
+    out: list[str] = []
+    cursor, checkpoint = 0, 0
+    while cursor < len(text):
+        if text[cursor] == "$" and cursor + 1 < len(text):
+            out.append(text[checkpoint:cursor])
+            following = text[cursor + 1]
+            advance = 1
+            if following == "$":
+                out.append("$")
+            elif following == "(":
+                closing = text.find(")", cursor + 2)
+                if closing < 0:
+                    out.append("$(")
+                else:
+                    name = text[cursor + 2 : closing]
+                    out.append(variables.get(name, f"$({name})"))
+                    advance = closing - cursor
+            else:
+                out.append("$" + following)
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + text[checkpoint:]
+
+
+def container_view(container: Any, secrets: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """A container's command and environment as its process sees them, given the values of
+    the secrets its ``envFrom`` names; variables expand in order, as the kubelet does."""
+    variables = dict(secrets) if container.env_from else {}
+    for entry in container.env or []:
+        variables[entry.name] = kubelet_expand(entry.value or "", variables)
+    command = [kubelet_expand(part, variables) for part in container.command or []]
+    own = {entry.name: variables[entry.name] for entry in container.env or []}
+    return command, own

@@ -41,12 +41,15 @@ from .models import JobRecord
 
 __all__ = [
     "ANNOTATION_BUDGET",
+    "ARCHIVE_SEED_BUDGET",
     "GIT_CLONE_SCRIPT",
     "WRAPPER_SCRIPT",
     "build_job",
+    "from_kubelet_literal",
     "job_annotations",
     "job_json",
     "job_paths",
+    "kubelet_literal",
     "owner_label",
 ]
 
@@ -85,6 +88,25 @@ fi
 
 _WORK_VOLUME = "work"
 
+# Linux refuses to start a program with one argument or variable over 128 KiB (execve's
+# MAX_ARG_STRLEN); the uploader's record travels in a variable: keep it well under.
+ARCHIVE_SEED_BUDGET = 120 * 1024
+
+
+def kubelet_literal(text: str) -> str:
+    """``text`` as a container's command or variable value that the kubelet leaves alone.
+
+    The kubelet expands ``$(NAME)`` there, from the container's variables (the S3 secret's
+    among them, in the uploader), and turns ``$$`` into ``$``; with every ``$`` doubled, what
+    the process sees is ``text``, byte for byte.
+    """
+    return text.replace("$", "$$")
+
+
+def from_kubelet_literal(text: str) -> str:
+    """The text that ``kubelet_literal`` was given (reading a Job back)."""
+    return text.replace("$$", "$")
+
 
 def job_paths(job_id: str, settings: Settings) -> tuple[str, str, str]:
     """Work folder, ``$JOB_OUTPUT_DIR`` and ``$JOB_SOURCE_DIR`` inside the pod."""
@@ -121,8 +143,20 @@ def job_annotations(record: JobRecord) -> dict[str, str]:
 
 
 def _archive_seed(record: JobRecord) -> str:
-    """The record the uploader completes and archives as job.json (no environment copy)."""
-    return record.model_dump_json(exclude={"environment"})
+    """The record the uploader completes and archives as job.json (no environment copy).
+
+    413 when it would not fit one variable (a command of 64 KiB of quotes, say, doubles as
+    JSON).
+    """
+    seed = record.model_dump_json(exclude={"environment"})
+    size = len(seed.encode())
+    if size > ARCHIVE_SEED_BUDGET:
+        raise PayloadTooLargeError(
+            f"The job's record is {size} bytes as JSON; a job on Kubernetes carries at most "
+            f"{ARCHIVE_SEED_BUDGET} bytes (a shorter command, or fewer quotes or control "
+            "characters in it)"
+        )
+    return seed
 
 
 def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
@@ -156,7 +190,9 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         for name in sorted(settings.data_volume_claims)
         if name in settings.data_dirs
     ]
-    job_env = [V1EnvVar(name=entry.name, value=entry.value) for entry in environment]
+    job_env = [
+        V1EnvVar(name=entry.name, value=kubelet_literal(entry.value)) for entry in environment
+    ]
     image = f"{settings.job_image}:{settings.job_image_tag}"
     resources = V1ResourceRequirements(
         requests={"cpu": settings.job_cpu_request, "memory": settings.job_memory_request},
@@ -178,7 +214,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         V1EnvVar(name="OCPS_BUCKET", value=settings.bucket),
         V1EnvVar(name="OCPS_S3_REGION", value=settings.s3_region),
         V1EnvVar(name="OCPS_UPLOAD_INTERVAL", value=str(settings.upload_interval_seconds)),
-        V1EnvVar(name="OCPS_JOB_RECORD", value=_archive_seed(record)),
+        V1EnvVar(name="OCPS_JOB_RECORD", value=kubelet_literal(_archive_seed(record))),
     ]
     if settings.s3_endpoint:
         uploader_env.append(V1EnvVar(name="OCPS_S3_ENDPOINT", value=settings.s3_endpoint))
@@ -200,7 +236,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             V1Container(
                 name=CONTAINER_GIT_CLONE,
                 image=image,
-                command=["/bin/bash", "-c", GIT_CLONE_SCRIPT],
+                command=["/bin/bash", "-c", kubelet_literal(GIT_CLONE_SCRIPT)],
                 env=[
                     e
                     for e in job_env
@@ -214,7 +250,13 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
     main = V1Container(
         name=CONTAINER_JOB,
         image=image,
-        command=["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", record.parameters.command],
+        command=[
+            "/bin/bash",
+            "-c",
+            kubelet_literal(WRAPPER_SCRIPT),
+            "ocps-job",
+            kubelet_literal(record.parameters.command),
+        ],
         env=job_env,
         volume_mounts=[work_mount, *data_mounts],
         resources=resources,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -92,9 +93,22 @@ def _integral_number(value: Any) -> Any:
     return value
 
 
+def _utf8_at_most(limit: int) -> AfterValidator:
+    """At most ``limit`` bytes in UTF-8: what execve() is given (an argument or variable)."""
+
+    def check(value: str) -> str:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise ValueError(f"is {size} bytes in UTF-8; at most {limit} are accepted")
+        return value
+
+    return AfterValidator(check)
+
+
 _NO_NUL = r"^[^\x00]*$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_PRINTABLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# No control characters (C0, DEL, C1) and no Unicode line or paragraph separators.
+_PRINTABLE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 
 class EnvironmentVariable(BaseModel):
@@ -120,6 +134,7 @@ class EnvironmentVariable(BaseModel):
     value: Annotated[
         str,
         Field(max_length=MAX_ENV_VALUE_LENGTH, pattern=_NO_NUL),
+        _utf8_at_most(MAX_ENV_VALUE_LENGTH),
         # A request may send null for an empty value (see the validator below).
         WithJsonSchema(
             {
@@ -150,8 +165,10 @@ class JobRequest(BaseModel):
             min_length=1,
             max_length=MAX_COMMAND_LENGTH,
             pattern=_NO_NUL,
-            description="Run as `/bin/bash -c <command>`.",
+            description=f"Run as `/bin/bash -c <command>`; at most {MAX_COMMAND_LENGTH} bytes "
+            "in UTF-8.",
         ),
+        _utf8_at_most(MAX_COMMAND_LENGTH),
     ]
     run_id: Annotated[
         str | None,

@@ -25,7 +25,7 @@ from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService, ListQuery
 from ocps_jobs.sidecar import Uploader, final_record
 from tests.cluster.conftest import ControlPlane
-from tests.helpers import wait_until
+from tests.helpers import container_view, wait_until
 
 ANYONE = Caller()
 
@@ -106,12 +106,15 @@ def test_created_job_reads_back_field_by_field(
     assert uploader.restart_policy == "Always"
     assert uploader.command == ["python", "-m", "ocps_jobs.sidecar"]
     assert uploader.env_from[0].secret_ref.name == "ocps-jobs-s3"
-    assert clone.command == ["/bin/bash", "-c", GIT_CLONE_SCRIPT]
-    assert {e.name: e.value for e in clone.env}["SRC_GIT_URL"] == request.url
+    # What each process sees once the kubelet has expanded the spec ($ is kept literal).
+    command, clone_env = container_view(clone, {})
+    assert command == ["/bin/bash", "-c", GIT_CLONE_SCRIPT]
+    assert clone_env["SRC_GIT_URL"] == request.url
     (main,) = pod.containers
-    assert main.command == ["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", request.command]
+    command, main_env = container_view(main, {})
+    assert command == ["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", request.command]
     assert main.image == "lsstsqre/centos:d_latest"
-    env = [(e.name, e.value) for e in main.env]
+    env = list(main_env.items())
     work = f"/uws/jobs/{record.job_id}"
     assert env == [
         ("JOB_ID", record.job_id),

@@ -68,11 +68,22 @@ def test_defaults_and_nulls() -> None:
         {"command": "true", "replicas": 1e300},
         {"command": "true", "unknown_field": "x"},
         {"command": "x" * 70_000},
+        # Limits are of UTF-8 bytes, what execve() takes, not of characters.
+        {"command": "\u20ac" * 21_846},  # 65,538 bytes
+        {"command": "true", "environment": [{"name": "A", "value": "\u00e9" * 16_385}]},
+        {"command": "true", "run_id": "next\u2028line"},
+        {"command": "true", "run_id": "c1\x85control"},
     ],
 )
 def test_bad_requests_are_refused(body: dict) -> None:
     with pytest.raises(ValidationError):
         JobRequest.model_validate(body)
+
+
+def test_limits_at_their_byte_counts_are_accepted() -> None:
+    assert JobRequest(command="\u20ac" * 21_845 + "x").command.endswith("x")  # 65,536 bytes
+    request = JobRequest(command="true", environment=[{"name": "A", "value": "\u00e9" * 16_384}])
+    assert len(request.environment[0].value.encode()) == 32_768
 
 
 def test_an_integral_number_is_an_integer() -> None:

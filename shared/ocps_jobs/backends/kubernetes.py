@@ -37,7 +37,7 @@ from ..errors import (
     PayloadTooLargeError,
     PhaseConflictError,
 )
-from ..jobspec import build_job, job_json, owner_label
+from ..jobspec import build_job, from_kubelet_literal, job_json, owner_label
 from ..models import (
     FINAL_PHASES,
     EnvironmentVariable,
@@ -158,7 +158,9 @@ def record_from_job(
         destruction=parse_time(destruction) if destruction else None,
         parameters=JobParameters.model_validate_json(annotations[ANNOTATIONS.PARAMETERS]),
         environment=[
-            EnvironmentVariable(name=item["name"], value=item.get("value") or "")
+            EnvironmentVariable(
+                name=item["name"], value=from_kubelet_literal(item.get("value") or "")
+            )
             for item in main.get("env") or []
         ],
         error_message=status.error_message,

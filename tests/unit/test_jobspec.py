@@ -1,0 +1,94 @@
+"""The Job builder as data: what each container's process sees, after the kubelet's expansion."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from ocps_jobs.config import Settings
+from ocps_jobs.errors import PayloadTooLargeError
+from ocps_jobs.jobspec import (
+    ARCHIVE_SEED_BUDGET,
+    GIT_CLONE_SCRIPT,
+    WRAPPER_SCRIPT,
+    build_job,
+    from_kubelet_literal,
+    kubelet_literal,
+)
+from ocps_jobs.models import JobParameters, JobRecord, JobRequest
+from tests.helpers import container_view
+
+SECRET = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+TRICKY = "echo $$ $(JOB_ID) $(AWS_SECRET_ACCESS_KEY) $$(date) $( $"
+
+
+def record_for(request: JobRequest) -> JobRecord:
+    return JobRecord(
+        job_id="0123456789abcdef0123456789abcdef",
+        run_id=request.run_id or "0123456789abcdef0123456789abcdef",
+        owner="ocps-csc",
+        creation_time=datetime(2024, 1, 1, tzinfo=UTC),
+        parameters=JobParameters(
+            command=request.command,
+            environment=request.environment,
+            url=request.url,
+            commit_ref=request.commit_ref,
+        ),
+    )
+
+
+@pytest.mark.parametrize("text", ["", "plain", "$", "$$", "$(A)", TRICKY, "a$(b$$c)d$"])
+def test_kubelet_literal_round_trips(text: str) -> None:
+    assert from_kubelet_literal(kubelet_literal(text)) == text
+
+
+def test_every_container_sees_the_callers_text_byte_for_byte_and_no_secret() -> None:
+    request = JobRequest(
+        command=TRICKY,
+        run_id="run-$(AWS_SECRET_ACCESS_KEY)",
+        environment=[
+            {"name": "FROM_JOB_ID", "value": "$(JOB_ID)"},
+            {"name": "PID_TEXT", "value": "$$ and $$$"},
+        ],
+        url="https://example.org/$(AWS_SECRET_ACCESS_KEY)/repo.git",
+        commit_ref="v$(JOB_ID)",
+    )
+    record = record_for(request)
+    job = build_job(record.model_copy(deep=True), Settings(backend="kubernetes"), suspend=False)
+    pod = job.spec.template.spec
+    uploader, clone = pod.init_containers
+    (main,) = pod.containers
+
+    command, env = container_view(main, SECRET)
+    assert command == ["/bin/bash", "-c", WRAPPER_SCRIPT, "ocps-job", TRICKY]
+    assert env["FROM_JOB_ID"] == "$(JOB_ID)"
+    assert env["PID_TEXT"] == "$$ and $$$"
+    assert env["SRC_GIT_URL"] == request.url
+    assert env["GIT_COMMIT_REF"] == request.commit_ref
+
+    command, env = container_view(clone, SECRET)
+    assert command == ["/bin/bash", "-c", GIT_CLONE_SCRIPT]
+    assert (env["SRC_GIT_URL"], env["GIT_COMMIT_REF"]) == (request.url, request.commit_ref)
+
+    command, env = container_view(uploader, SECRET)
+    seed = json.loads(env["OCPS_JOB_RECORD"])
+    assert seed["run_id"] == "run-$(AWS_SECRET_ACCESS_KEY)"
+    assert seed["parameters"]["command"] == TRICKY
+    seen = json.dumps([container_view(c, SECRET) for c in (uploader, clone, main)])
+    assert "s3cr3t-value" not in seen and "AKIDEXAMPLE" not in seen
+
+
+def test_a_record_too_large_for_one_variable_is_413() -> None:
+    # 64 KiB of quotes is a valid command, but doubles as JSON: past what execve takes.
+    record = record_for(JobRequest(command='"' * 65_536))
+    with pytest.raises(PayloadTooLargeError) as refused:
+        build_job(record, Settings(backend="kubernetes"), suspend=False)
+    assert refused.value.status == 413
+    assert str(ARCHIVE_SEED_BUDGET) in str(refused.value)
+    # Half as many still fit, and travel whole.
+    record = record_for(JobRequest(command='"' * 32_768))
+    job = build_job(record, Settings(backend="kubernetes"), suspend=False)
+    _, env = container_view(job.spec.template.spec.init_containers[0], SECRET)
+    assert json.loads(env["OCPS_JOB_RECORD"])["parameters"]["command"] == '"' * 32_768
