@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from flask.testing import FlaskClient
@@ -101,6 +102,25 @@ def test_a_job_that_writes_its_own_ocps_job_log_keeps_both_logs(client: FlaskCli
     assert job["phase"] == "completed"
     assert result_text(client, job["jobId"], "ocps-job.log") == "written by the job\n"
     assert result_text(client, job["jobId"], "ocps-job~2.log") == "to stdout\n"
+
+
+def test_results_named_with_controls_or_backslashes_download_by_their_ids(
+    client: FlaskClient,
+) -> None:
+    command = (
+        'cd "$JOB_OUTPUT_DIR" && printf 1 > "$(printf "nl\\nname")" && printf 2 > "back\\slash"'
+        ' && printf 3 > "$(printf "tab\\tx")"'
+    )
+    job = finish(client, submit(client, command=command))
+    assert job["phase"] == "completed"
+    listing = client.get(f"/api/v1/job/{job['jobId']}/results").get_json()
+    names = {unquote(item["uri"].rsplit("/out/", 1)[1]): item["id"] for item in listing}
+    downloaded = {
+        name: client.get(f"/api/v1/job/result/{result_id}").get_data(as_text=True)
+        for name, result_id in names.items()
+        if name != "ocps-job.log"
+    }
+    assert downloaded == {"nl%0Aname": "1", "back%5Cslash": "2", "tab%09x": "3"}
 
 
 def test_environment_contract(tmp_path: Path) -> None:

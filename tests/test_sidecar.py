@@ -8,6 +8,7 @@ exit-code file (atomically, as the wrapper does).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from urllib.parse import urlparse
 import pytest
 from minio import Minio
 
+from ocps_jobs import sidecar as sidecar_module
 from ocps_jobs.conventions import (
     LOG_RESULT_NAME,
     archive_key,
@@ -40,7 +42,15 @@ from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.models import JobParameters, JobRecord, Phase
 from ocps_jobs.objectstore.base import guess_content_type
 from ocps_jobs.objectstore.filesystem import FilesystemStore
-from ocps_jobs.sidecar import Uploader, alternate_name, final_record, result_name, scan_outputs
+from ocps_jobs.sidecar import (
+    Uploader,
+    alternate_name,
+    final_record,
+    open_beneath,
+    read_job_file,
+    result_name,
+    scan_outputs,
+)
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import TcpProxy
 from tests.helpers import wait_until
@@ -476,6 +486,110 @@ def test_a_path_longer_than_an_s3_key_is_named_and_the_rest_kept(
     ]
 
 
+def test_a_folder_the_uploader_may_not_list_is_named_and_the_rest_kept(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    expected = {"kept.txt": job.write("kept.txt", b"kept")}
+    job.write("private/inner/data.txt", b"in a folder made with umask 077 by another user")
+    (job.out / "private").chmod(0o300)  # write and search, but not list
+    manifest, _ = run_job_to_the_archive(
+        job, ready_bucket, minio, start_sidecar, expected, wrapper=without_root_file_access()
+    )
+    assert manifest["skipped"] == [
+        {"path": "private/", "reason": "the job left this folder unreadable to the uploader's user"}
+    ]
+
+
+def deep_file(root: Path, levels: int, data: bytes) -> str:
+    """A file below ``levels`` folders of 250 characters: a path past Linux's 4,096 bytes."""
+    parts = [f"{level:03d}" + "d" * 247 for level in range(levels)]
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=folder)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        out = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(folder)
+    return "/".join([*parts, "deep.txt"])
+
+
+def test_a_path_longer_than_the_file_system_takes_whole_is_named_and_the_rest_kept(
+    job: JobFolder, tmp_path: Path
+) -> None:
+    job.write("keep.txt", b"keep")
+    deep = deep_file(job.out, 18, b"deep")  # 4,518 bytes below the output folder
+    assert [item.relative_path for item in scan_outputs(job.out)] == ["keep.txt", deep]
+    store = FilesystemStore(tmp_path / "store")  # no key limit of its own: the copy fails
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    manifest = uploader.finish()
+    assert kept(store, job.job_id, manifest) == {"keep.txt": b"keep"}
+    assert manifest["skipped"] == [{"path": deep, "reason": "its path is too long for the store"}]
+
+
+def test_a_link_swapped_in_after_the_scan_is_not_followed(
+    job: JobFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The uploader's own secrets, as /proc/self/environ would show them to it.
+    secrets = tmp_path / "proc-self"
+    secrets.mkdir()
+    (secrets / "environ").write_bytes(b"AWS_SECRET_ACCESS_KEY=s3cr3t")
+    job.write("d/environ", b"the job's file")
+    job.write("plain.txt", b"plain")
+    scan = sidecar_module.scan_outputs
+
+    def scan_then_swap(*args: Any) -> Iterator[Any]:
+        yield from scan(*args)
+        # Between the scan and the upload: the folder, then a file, become links.
+        (job.out / "d").rename(job.out / "d-old")
+        (job.out / "d").symlink_to(secrets, target_is_directory=True)
+        (job.out / "plain.txt").unlink()
+        (job.out / "plain.txt").symlink_to(secrets / "environ")
+
+    monkeypatch.setattr(sidecar_module, "scan_outputs", scan_then_swap)
+    store = FilesystemStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    uploader.upload_changed()
+    stored = b"".join(store.get_bytes(info.key) or b"" for info in store.list_objects("jobs/"))
+    assert b"s3cr3t" not in stored
+    monkeypatch.setattr(sidecar_module, "scan_outputs", scan)
+    manifest = uploader.finish()  # the next pass sees the links and skips them
+    assert kept(store, job.job_id, manifest) == {"d-old/environ": b"the job's file"}
+
+
+def test_open_beneath_follows_no_link_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "out" / "d").mkdir(parents=True)
+    (tmp_path / "out" / "d" / "f").write_text("real")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f").write_text("outside")
+    (tmp_path / "out" / "link-dir").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "out" / "link-file").symlink_to(tmp_path / "elsewhere" / "f")
+    os.mkfifo(tmp_path / "out" / "fifo")
+    with os.fdopen(open_beneath(str(tmp_path / "out"), "d/f")) as opened:
+        assert opened.read() == "real"
+    for source, code in [
+        ("link-dir/f", errno.ENOTDIR),
+        ("link-file", errno.ELOOP),
+        ("fifo", errno.ENOENT),  # does not block, is not a result
+        ("d/missing", errno.ENOENT),
+    ]:
+        with pytest.raises(OSError, match=rf"^\[Errno {code}\] "):
+            os.close(open_beneath(str(tmp_path / "out"), source))
+
+
+def test_read_job_file_reads_no_link(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("AWS_SECRET_ACCESS_KEY=s3cr3t")
+    (tmp_path / "stderr").symlink_to(tmp_path / "secret")
+    assert read_job_file(tmp_path / "stderr", 1024) == ""
+    (tmp_path / "stderr").unlink()
+    (tmp_path / "stderr").write_text("x" * 100 + "last line\n")
+    assert read_job_file(tmp_path / "stderr", 10) == "last line\n"
+
+
 class RefusingStore(FilesystemStore):
     """A store whose own side answers PermissionError (say, its folder turned read-only)."""
 
@@ -502,6 +616,8 @@ def test_a_store_that_refuses_a_file_is_not_taken_for_an_unreadable_file(
         (b"latin-1 caf\xe9.txt", "latin-1 caf%E9.txt"),
         (b"\xed\xa0\x80 encoded surrogate", "%ED%A0%80 encoded surrogate"),
         (b"100%25 literal.txt", "100%25 literal.txt"),
+        (b"new\nline\ttab\x7f.txt", "new%0Aline%09tab%7F.txt"),
+        (b"back\\slash.txt", "back%5Cslash.txt"),
     ],
 )
 def test_result_name_escapes_only_bytes_that_are_not_utf8(raw: bytes, name: str) -> None:

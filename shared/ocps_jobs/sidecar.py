@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import posixpath
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -41,29 +43,94 @@ __all__ = [
 
 log = logging.getLogger("ocps_jobs.sidecar")
 
-# How Python keeps the bytes of a file name that are not UTF-8 (PEP 383: surrogateescape).
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# What a result name writes as %XX: the bytes of a file name that are not UTF-8 (which
+# Python keeps as lone surrogates, PEP 383), control characters and the backslash.
+_ESCAPED = re.compile("[\udc80-\udcff\x00-\x1f\x7f\\\\]")
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class OutputFile:
-    """A regular file under the output folder."""
+    """A regular file the job left: its result name and where it is."""
 
-    relative_path: str
-    path: str
+    relative_path: str  # the result name
+    root: str  # the folder it is opened beneath, following no symbolic link below it
+    source: str  # its path under ``root``, as the file system names it
     size: int
     mtime_ns: int
 
+    @property
+    def path(self) -> str:
+        """The file's path."""
+        return os.path.join(self.root, self.source)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_folder(root: str, parts: list[str]) -> int:
+    """A descriptor of ``root/parts...``; OSError (ELOOP, ENOTDIR) where a part is a link."""
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+    except BaseException:
+        os.close(folder)
+        raise
+    return folder
+
+
+def open_beneath(root: str, source: str) -> int:
+    """A read descriptor of the regular file ``root/source``, following no link on the way.
+
+    The job writes where the uploader reads, and may swap a file or a folder for a link
+    between the scan and the upload (to ``/proc/self/environ``, say, the uploader's own
+    variables): a link anywhere below ``root`` is ELOOP or ENOTDIR here, never followed.
+    A file that is no longer regular is ENOENT: it is not a result.
+    """
+    *folders, name = source.split("/")
+    folder = _open_folder(root, folders)
+    try:
+        # O_NONBLOCK: a FIFO swapped in must not block the uploader; no effect on files.
+        descriptor = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder
+        )
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise FileNotFoundError(errno.ENOENT, "no longer a regular file", source)
+    return descriptor
+
+
+def descriptor_path(descriptor: int, fallback: str) -> str:
+    """A path that opens the very file ``descriptor`` has open (Linux: ``/proc/self/fd/N``).
+
+    Each open of it is a new description of that file, so the store's threads can read
+    parts of it at their own offsets, whatever has since been renamed or replaced at
+    ``fallback``. Elsewhere (a laptop, where jobs run as the server's own user) the
+    file's path.
+    """
+    magic = f"/proc/self/fd/{descriptor}"
+    return magic if os.path.exists(magic) else fallback
+
 
 def result_name(relative_path: str) -> str:
-    """The name a file is kept under: bytes of its path that are not UTF-8 written ``%XX``.
+    """The name a file is kept under: non-UTF-8 bytes, controls and backslashes as ``%XX``.
 
     Linux names are bytes; Python keeps the ones that are not UTF-8 as lone surrogates,
     which no S3 key or JSON document can hold, so one such file would stop the upload.
+    Control characters and backslashes would make result IDs the service refuses to read.
     """
-    return _UNDECODABLE.sub(lambda byte: f"%{ord(byte[0]) - 0xDC00:02X}", relative_path)
+    return _ESCAPED.sub(_escape, relative_path)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"%{code - 0xDC00 if code >= 0xDC00 else code:02X}"
 
 
 def alternate_name(name: str, number: int) -> str:
@@ -74,20 +141,49 @@ def alternate_name(name: str, number: int) -> str:
     return posixpath.join(folder, f"{stem}~{number}{suffix}")
 
 
-def scan_outputs(output_dir: Path) -> Iterator[OutputFile]:
-    """Every regular file under ``output_dir``; symbolic links are not followed or uploaded."""
-    for folder, dirs, files in os.walk(output_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            try:
-                stat = os.lstat(path)
-            except FileNotFoundError:
+def scan_outputs(output_dir: Path, unreadable: list[str] | None = None) -> Iterator[OutputFile]:
+    """Every regular file under ``output_dir``; symbolic links are not followed or uploaded.
+
+    A folder's files come before its subfolders, each in name order. Folders the uploader
+    may not list are added to ``unreadable`` (their paths, ending in ``/``) and skipped;
+    paths of any depth are read, folder by folder, never by their whole length.
+    """
+    root = str(output_dir)
+    pending: list[list[str]] = [[]]
+    while pending:
+        parts = pending.pop()
+        try:
+            folder = _open_folder(root, parts)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link: not ours
                 continue
-            if not os.path.isfile(path) or os.path.islink(path):
-                continue
-            relative = result_name(Path(path).relative_to(output_dir).as_posix())
-            yield OutputFile(relative, path, stat.st_size, stat.st_mtime_ns)
+            if unreadable is not None and parts:
+                unreadable.append("/".join(parts) + "/")
+            continue
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+            subfolders: list[list[str]] = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append([*parts, entry.name])
+                    elif entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        source = "/".join([*parts, entry.name])
+                        name = result_name(source)
+                        yield OutputFile(name, root, source, info.st_size, info.st_mtime_ns)
+                except FileNotFoundError:
+                    continue
+        except PermissionError:
+            if unreadable is not None and parts:
+                unreadable.append("/".join(parts) + "/")
+            continue
+        finally:
+            os.close(folder)
+        pending.extend(reversed(subfolders))
 
 
 class Uploader:
@@ -135,33 +231,44 @@ class Uploader:
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
-    def _skip(self, item: OutputFile, reason: str) -> None:
+    def _skip(self, name: str, reason: str) -> None:
         """Keep the other results; the manifest names this one. Later passes try again."""
-        if self._skipped.get(item.relative_path) != reason:  # said once, not every pass
-            log.warning("%s is not uploaded: %s", item.relative_path, reason)
-        self._skipped[item.relative_path] = reason
+        if self._skipped.get(name) != reason:  # said once, not every pass
+            log.warning("%s is not uploaded: %s", name, reason)
+        self._skipped[name] = reason
 
     def _upload_one(self, item: OutputFile) -> None:
         key = output_key(self.job_id, item.relative_path)
         limit = self.store.max_key_bytes
         if limit is not None and len(key.encode()) > limit:
-            self._skip(item, f"its object key would be longer than the store's {limit} bytes")
-            return
-
-        content_type = guess_content_type(item.relative_path)
-        try:
-            checksum = self.retry(
-                f"upload of {key}", lambda: self.store.put_file(key, item.path, content_type)
+            self._skip(
+                item.relative_path, f"its object key would be longer than the store's {limit} bytes"
             )
-        except FileNotFoundError:
+            return
+        try:
+            descriptor = open_beneath(item.root, item.source)
+        except PermissionError:
+            self._skip(item.relative_path, "the job left it unreadable to the uploader's user")
+            return
+        except OSError as error:  # gone, or no longer a regular file (a link, say)
+            if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                raise
             log.info("%s disappeared before it could be uploaded", item.relative_path)
             self._present.discard(item.relative_path)
             return
-        except PermissionError:
-            if os.access(item.path, os.R_OK):
-                raise  # the store refused it, not the file system
-            self._skip(item, "the job left it unreadable to the uploader's user")
+        content_type = guess_content_type(item.relative_path)
+        path = descriptor_path(descriptor, item.path)
+        try:
+            checksum = self.retry(
+                f"upload of {key}", lambda: self.store.put_file(key, path, content_type)
+            )
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            self._skip(item.relative_path, "its path is too long for the store")
             return
+        finally:
+            os.close(descriptor)
         self._skipped.pop(item.relative_path, None)
         self._uploaded[item.relative_path] = (item.path, item.size, item.mtime_ns, checksum)
 
@@ -185,7 +292,7 @@ class Uploader:
                 named[item.path] = replace(item, relative_path=name)
 
         def precedence(index: int) -> tuple[bool, bool, int]:
-            escaped = _UNDECODABLE.search(items[index].path) is not None
+            escaped = items[index].relative_path != items[index].source
             return index >= len(items) - extras, escaped, index
 
         newcomers = [index for index, item in enumerate(items) if item.path not in named]
@@ -206,14 +313,24 @@ class Uploader:
 
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
         """Upload files that are new or changed since the last pass; returns how many."""
-        items = list(scan_outputs(self.output_dir)) if self.output_dir.is_dir() else []
+        unreadable: list[str] = []
+        items = list(scan_outputs(self.output_dir, unreadable)) if self.output_dir.is_dir() else []
         outputs = len(items)
         for relative, path in (extra or {}).items():
-            if path.is_file():
-                stat = path.stat()
-                items.append(OutputFile(relative, str(path), stat.st_size, stat.st_mtime_ns))
+            try:
+                info = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                items.append(
+                    OutputFile(
+                        relative, str(path.parent), path.name, info.st_size, info.st_mtime_ns
+                    )
+                )
         items = self._unique_names(items, extras=len(items) - outputs)
-        self._present = {item.relative_path for item in items}
+        for folder in unreadable:
+            self._skip(folder, "the job left this folder unreadable to the uploader's user")
+        self._present = {item.relative_path for item in items} | set(unreadable)
         changed = [
             item
             for item in items
@@ -310,6 +427,22 @@ def final_record(
     return record
 
 
+def read_job_file(path: Path, last_bytes: int) -> str:
+    """The last bytes of a file the job's side wrote, as text; "" when it is not a file.
+
+    The job can write there too: a link put in its place (to the uploader's own
+    ``/proc/self/environ``) is not followed, and its text never reaches the record.
+    """
+    try:
+        descriptor = open_beneath(str(path.parent), path.name)
+    except OSError:
+        return ""
+    with os.fdopen(descriptor, "rb") as source:
+        size = os.fstat(descriptor).st_size
+        source.seek(max(0, size - last_bytes))
+        return source.read().decode(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run beside the job: upload while it runs, and everything once it has exited.
 
@@ -345,17 +478,15 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("periodic upload failed, will retry: %s", error)
         stop.wait(interval)
     exit_code = None
-    if exit_code_file.exists():
-        text = exit_code_file.read_text().strip()
+    text = read_job_file(exit_code_file, 64).strip()
+    if text:
         exit_code = int(text) if text.lstrip("-").isdigit() else None
     extra = {LOG_RESULT_NAME: Path(log_file)} if log_file else None
     manifest = uploader.finish(extra, exitCode=exit_code)
     log.info("uploaded %d files for job %s", len(manifest["files"]), job_id)
     if seed is not None:
-        stderr_path = work / "stderr"
-        tail = ""
-        if stderr_path.exists():
-            tail = "\n".join(stderr_path.read_text(errors="replace").splitlines()[-20:])
+        stderr = read_job_file(work / "stderr", 64 * 1024)
+        tail = "\n".join(stderr.splitlines()[-20:])
         record = final_record(seed, manifest, exit_code, tail)
         data = json.dumps(record, indent=1).encode()
         uploader.retry(
