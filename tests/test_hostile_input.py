@@ -223,6 +223,9 @@ def test_range_requests(client: FlaskClient, service: JobService, tmp_path: Path
         "bytes=5-100": (206, b"56789", "bytes 5-9/10"),
         "bytes=0-1,4-5": (200, b"0123456789", None),
         "garbage": (200, b"0123456789", None),
+        # A unit other than bytes is ignored (RFC 9110 section 14.2): the whole file.
+        "items=0-1": (200, b"0123456789", None),
+        "items=20-30": (200, b"0123456789", None),
     }
     for header, (status, body, content_range) in cases.items():
         response = client.get(url, headers={"Range": header})

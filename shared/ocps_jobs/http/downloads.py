@@ -34,8 +34,9 @@ def download_response(service: JobService, result: ResultFile, request: Request)
     start, end, status = 0, None, 200
     requested = request.range if size > 0 else None
     if requested is not None:
-        if len(requested.ranges) != 1:
-            requested = None  # multipart ranges are not served; the whole file is
+        if requested.units != "bytes" or len(requested.ranges) != 1:
+            # Another unit is ignored (RFC 9110 14.2); multipart ranges are not served.
+            requested = None
         else:
             first, stop = requested.ranges[0]
             if first < 0 and stop is None:
