@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -14,7 +16,7 @@ from ocps_jobs.backends import JobUpdate
 from ocps_jobs.config import Settings
 from ocps_jobs.http import build_service, create_embedded_app
 from ocps_jobs.http.app import close_services
-from ocps_jobs.models import Caller, JobRequest
+from ocps_jobs.models import Caller, JobRequest, Phase
 from ocps_jobs.service import JobService
 from tests.helpers import git, make_pipeline_repo, wait_for_phase, wait_until
 
@@ -211,6 +213,35 @@ def test_abort_kills_the_process_group_and_keeps_results(
     wait_until(lambda: not _pid_alive(child), timeout=10)
     names = {item["uri"].rsplit("/", 1)[1] for item in job["results"]}
     assert {"child.pid", "ocps-job.log"} <= names
+
+
+def test_an_abort_while_the_results_upload_leaves_the_job_completed(
+    service: JobService, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = service.backend.store
+    uploading, release = threading.Event(), threading.Event()
+
+    class HeldStore:
+        """The backend's store, holding the upload of gate.txt until released."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def put_file(self, key: str, path: str, content_type: str) -> str:
+            if key.endswith("/gate.txt"):
+                uploading.set()
+                release.wait(30)
+            return store.put_file(key, path, content_type)
+
+    monkeypatch.setattr(service.backend, "store", HeldStore())
+    job_id = submit(client, command='echo done > "$JOB_OUTPUT_DIR/gate.txt"')
+    assert uploading.wait(30)
+    answered = service.abort_job(job_id, ANYONE)
+    assert answered.phase is Phase.EXECUTING  # too late to abort: the command succeeded
+    release.set()
+    job = finish(client, job_id)
+    assert job["phase"] == "completed"
+    assert result_text(client, job_id, "gate.txt") == "done\n"
 
 
 def test_delete_of_a_running_job_kills_it_and_removes_everything(

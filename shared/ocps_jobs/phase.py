@@ -9,7 +9,7 @@ from typing import Any
 from .conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB, CONTAINER_UPLOADER
 from .models import Phase
 
-__all__ = ["JobStatus", "job_status", "parse_time"]
+__all__ = ["JobStatus", "job_status", "parse_time", "ran_to_completion"]
 
 # Kubernetes marks a Job that ran past activeDeadlineSeconds Failed with this reason; for UWS
 # that is the job being aborted for running over its executionDuration.
@@ -38,6 +38,11 @@ def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
         if condition.get("type") == kind and condition.get("status") == "True":
             return dict(condition)
     return None
+
+
+def ran_to_completion(job: dict[str, Any]) -> bool:
+    """True once the Job's command has succeeded (its results may still be uploading)."""
+    return (_condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")) is not None
 
 
 def _termination_message(pods: list[dict[str, Any]]) -> str:
@@ -81,7 +86,8 @@ def job_status(
 ) -> JobStatus:
     """Phase from conditions, the abort annotation and the pods; never ``unknown`` in transit.
 
-    - abort requested (annotation) → ``aborted``, ended when it was requested;
+    - abort requested (annotation) → ``aborted``, ended when it was requested, unless the
+      command had already succeeded (an abort during the upload comes too late);
     - ``Failed`` with ``DeadlineExceeded`` → ``aborted`` (ran over its executionDuration);
     - ``Failed`` otherwise → ``error`` with the failing container's termination message;
     - ``Complete`` → ``completed`` once the upload manifest exists, ``executing`` until then,
@@ -94,7 +100,7 @@ def job_status(
     status = job.get("status") or {}
     start = parse_time(status.get("startTime"))
     aborted_at = annotations.get(ANNOTATIONS.ABORT_REQUESTED)
-    if aborted_at:
+    if aborted_at and not ran_to_completion(job):
         reason = annotations.get(ANNOTATIONS.ABORT_REASON) or "Aborted by request."
         return JobStatus(Phase.ABORTED, start, parse_time(aborted_at), reason)
     failed = _condition(job, "Failed")

@@ -227,6 +227,24 @@ def test_abort_stops_the_pods_and_reports_aborted(
     assert service.abort_job(record.job_id, ANYONE).phase is Phase.ABORTED  # idempotent
 
 
+def test_an_abort_while_the_results_upload_leaves_the_job_completed(
+    cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    record = cluster_service.create_job(JobRequest(command="true"), ANYONE)
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
+    seen_by_service(cluster_service, record.job_id, Phase.EXECUTING)  # no manifest yet
+    answered = cluster_service.abort_job(record.job_id, ANYONE)
+    assert answered.phase is Phase.EXECUTING  # too late to abort: the command succeeded
+    annotations = kube_job(kube, namespace, record.job_id).metadata.annotations
+    assert ANNOTATIONS.ABORT_REQUESTED not in annotations
+    act_as_sidecar(cluster_service, record.job_id, tmp_path)
+    job = seen_by_service(cluster_service, record.job_id, Phase.COMPLETED)
+    assert sorted(result.key.rsplit("/out/", 1)[1] for result in job.results or []) == [
+        "result.txt",
+        "sub/table.csv",
+    ]
+
+
 def test_execution_duration_overrun_is_aborted(
     make_cluster_service: Callable[..., JobService],
     namespace: str,

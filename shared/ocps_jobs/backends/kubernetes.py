@@ -48,7 +48,7 @@ from ..models import (
     utcnow,
 )
 from ..objectstore import ObjectStore
-from ..phase import job_status, parse_time
+from ..phase import job_status, parse_time, ran_to_completion
 from .base import JobUpdate, Unset
 
 __all__ = ["KubernetesBackend", "record_from_job"]
@@ -776,6 +776,10 @@ class KubernetesBackend:
         record = self._require(job_id)
         if record.phase in FINAL_PHASES:
             raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot abort")
+        view = self._informed().view(job_id)
+        job = view[0] if view is not None else self._read_job(job_id)
+        if job is not None and ran_to_completion(job):
+            return record  # too late: the command succeeded, its results are uploading
         now = utcnow()
         self._patch(
             job_id,

@@ -51,6 +51,7 @@ class _Run:
     abort_reason: str | None = None
     deleted: bool = False
     timer: threading.Timer | None = None
+    succeeded: bool = False  # the command ended 0: an abort now comes too late
 
 
 class LocalBackend(InMemoryRecords):
@@ -166,7 +167,7 @@ class LocalBackend(InMemoryRecords):
                 record.error_message = reason or "Aborted before it started."
                 self._save(record)
                 self._archive(record)
-            else:
+            elif not run.succeeded:  # else too late: its results are being uploaded
                 run.abort_reason = reason or "Aborted by request."
                 self._signal_run(run)
             return record.model_copy(deep=True)
@@ -322,6 +323,8 @@ class LocalBackend(InMemoryRecords):
                 message = self._run_command(record, run, environment, root, log_file)
         if run.timer:
             run.timer.cancel()
+        with self._lock:
+            run.succeeded = message is None and run.abort_reason is None
         if run.deleted:
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason or "")
             return
