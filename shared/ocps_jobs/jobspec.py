@@ -75,13 +75,19 @@ exit "$code"
 """.strip()
 
 # The clone init container: the URL and ref come from the environment, never the script.
+# A failure's message goes to the termination log (the live job's error summary) and, for
+# the uploader's archived record, to the work folder's "failure" file.
 GIT_CLONE_SCRIPT = r"""
 set -o pipefail
+failed() {
+  { printf 'git clone failed: '; cat /dev/termination-log; } > "${JOB_SOURCE_DIR%/src}/failure"
+  exit 1
+}
 git -c protocol.ext.allow=never clone --quiet -- "$SRC_GIT_URL" "$JOB_SOURCE_DIR" 2>&1 \
-  | tail -c 3000 > /dev/termination-log || exit 1
+  | tail -c 3000 > /dev/termination-log || failed
 if [ -n "$GIT_COMMIT_REF" ]; then
   git -C "$JOB_SOURCE_DIR" checkout --quiet "$GIT_COMMIT_REF" -- 2>&1 \
-    | tail -c 3000 > /dev/termination-log || exit 1
+    | tail -c 3000 > /dev/termination-log || failed
 fi
 : > /dev/termination-log
 """.strip()

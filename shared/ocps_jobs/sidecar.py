@@ -402,16 +402,28 @@ def _store_from_environment() -> ObjectStore:
 
 
 def final_record(
-    seed: dict[str, Any], manifest: dict[str, Any], exit_code: int | None, stderr_tail: str
+    seed: dict[str, Any],
+    manifest: dict[str, Any],
+    exit_code: int | None,
+    stderr_tail: str,
+    *,
+    failure: str = "",
+    started: datetime | None = None,
 ) -> dict[str, Any]:
     """The archived job record (job.json): the creation-time record, completed by the outcome.
 
-    Exit code 0 is ``completed``, another code ``error`` with the stderr tail, and no exit
-    code at all (the pod was stopped: an abort or a deadline) ``aborted``.
+    A ``failure`` the pod reported before the command (a failed git clone) is ``error``
+    with that message; else exit code 0 is ``completed``, another code ``error`` with the
+    stderr tail, and no exit code at all (the pod was stopped: an abort or a deadline)
+    ``aborted``. ``started`` fills a start time the seed does not have.
     """
     record = dict(seed)
     record["end_time"] = datetime.now(UTC).isoformat(timespec="seconds")
-    if exit_code == 0:
+    if started is not None and not record.get("start_time"):
+        record["start_time"] = started.isoformat(timespec="seconds")
+    if failure.strip():
+        record["phase"], record["error_message"] = "error", failure.strip()
+    elif exit_code == 0:
         record["phase"], record["error_message"] = "completed", ""
     elif exit_code is None:
         record["phase"] = "aborted"
@@ -451,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     pass too, within the pod's grace period. The manifest is written after every output
     file, and the archived record (job.json) after the manifest.
     """
+    started = datetime.now(UTC)  # the pod's start, as near as the uploader knows it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sidecar %(levelname)s %(message)s")
     job_id = os.environ[ENV_JOB_ID]
     output_dir = Path(os.environ[ENV_JOB_OUTPUT_DIR])
@@ -487,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     if seed is not None:
         stderr = read_job_file(work / "stderr", 64 * 1024)
         tail = "\n".join(stderr.splitlines()[-20:])
-        record = final_record(seed, manifest, exit_code, tail)
+        failure = read_job_file(work / "failure", 4096)
+        record = final_record(seed, manifest, exit_code, tail, failure=failure, started=started)
         data = json.dumps(record, indent=1).encode()
         uploader.retry(
             "record upload", lambda: store.put_bytes(archive_key(job_id), data, "application/json")

@@ -273,11 +273,10 @@ def test_ttl_deleted_job_is_answered_from_its_archive(
 ) -> None:
     service = make_cluster_service(job_ttl_seconds=3)
     client: FlaskClient = create_embedded_app(service).test_client()
-    job_id = client.put("/api/v1/job", json={"command": "true", "run_id": "kept"}).get_json()[
-        "jobId"
-    ]
+    body = {"command": "true", "run_id": "kept", "environment": [{"name": "A", "value": "$(B)"}]}
+    job_id = client.put("/api/v1/job", json=body).get_json()["jobId"]
     wait_until(lambda: job_condition(kube, namespace, job_id, "Complete"))
-    act_as_sidecar(service, job_id, tmp_path)
+    act_as_sidecar(service, job_id, tmp_path)  # archives what a pod knows: no environment
     before = wait_until(
         lambda: (
             (job := client.get(f"/api/v1/job/{job_id}").get_json())["phase"] == "completed" and job
@@ -293,9 +292,10 @@ def test_ttl_deleted_job_is_answered_from_its_archive(
 
     wait_until(gone, timeout=60, interval=0.5)
     after = client.get(f"/api/v1/job/{job_id}").get_json()
+    assert after == before  # the whole job as it was last seen live, environment included
     assert after["phase"] == "completed"
     assert after["runId"] == "kept"
-    assert after["results"] == before["results"]
+    assert {"name": "A", "value": "$(B)"} in after["parameters"]["environment"]
     result = next(item for item in after["results"] if item["uri"].endswith("result.txt"))
     assert client.get(f"/api/v1/job/result/{result['id']}").status_code == 200
     assert client.delete(f"/api/v1/job/{job_id}").status_code == 200

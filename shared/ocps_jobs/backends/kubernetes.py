@@ -492,6 +492,7 @@ class KubernetesBackend:
         self.core = k8s.CoreV1Api(self.api)
         self._manifests: dict[str, list[ResultFile]] = {}
         self._missing: dict[str, float] = {}
+        self._archives_checked: dict[str, int] = {}  # job -> hash of the record job.json holds
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocps-manifest")
         self._informer: _Informer | None = None
@@ -682,7 +683,42 @@ class KubernetesBackend:
             job = found
             pods = self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
         results = self._results(job_id) if self._needs_manifest(job) else None
-        return record_from_job(job, pods, results)
+        record = record_from_job(job, pods, results)
+        if record.phase in FINAL_PHASES and results is not None:
+            self._keep_archive_current(record)
+        return record
+
+    def _keep_archive_current(self, record: JobRecord) -> None:
+        """job.json as the live Job last showed the job, for when Kubernetes has removed it.
+
+        The uploader archives what it knows in the pod: not the environment, the start time,
+        a failed clone's message or a destruction time set later. Once it has written
+        job.json, a read of the finished job puts the whole record there instead, and again
+        whenever the record changes; each version is checked once per process.
+        """
+        current = record.model_dump_json()
+        version = hash(current)
+        with self._cache_lock:
+            if self._archives_checked.get(record.job_id) == version:
+                return
+        key = archive_key(record.job_id)
+        try:
+            data = self.store.get_bytes(key)
+            if data is None:
+                return  # not yet: the uploader writes it after the manifest
+            try:
+                same = JobRecord.model_validate_json(data) == record
+            except ValueError:
+                same = False
+            if not same:
+                self.store.put_bytes(key, current.encode(), "application/json")
+        except BackendUnavailableError as error:
+            log.warning(
+                "archived record of job %s not brought up to date: %s", record.job_id, error
+            )
+            return
+        with self._cache_lock:
+            self._archives_checked[record.job_id] = version
 
     def list_records(self, owner: str | None = None) -> list[JobRecord]:
         """From the watched copies (waiting for their first listing); else from the API."""
@@ -813,6 +849,7 @@ class KubernetesBackend:
         self.store.delete_prefix(job_prefix(job_id))
         with self._cache_lock:
             self._manifests.pop(job_id, None)
+            self._archives_checked.pop(job_id, None)
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
         """Execution duration → ``activeDeadlineSeconds``; destruction → annotation."""
