@@ -173,6 +173,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         job_id, record.parameters, settings, output_dir=output_dir, source_dir=source_dir
     )
     record.environment = environment
+    annotations = job_annotations(record)  # 413 first when the metadata is too large
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB_ID: job_id,
@@ -276,7 +277,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             name=job_name(job_id),
             namespace=settings.namespace,
             labels=labels,
-            annotations=job_annotations(record),
+            annotations=annotations,
         ),
         spec=V1JobSpec(
             backoff_limit=0,
