@@ -37,6 +37,7 @@ from ocps_jobs.conventions import (
     job_prefix,
     manifest_key,
     output_key,
+    replica_manifest_key,
 )
 from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT
@@ -444,6 +445,68 @@ def test_a_file_name_that_is_not_utf8_is_kept_escaped_and_stops_nothing(
     }
     manifest, _ = run_job_to_the_archive(job, ready_bucket, minio, start_sidecar, expected)
     assert "skipped" not in manifest
+
+
+@pytest.mark.parametrize("failing", [None, 1])
+def test_replicas_each_upload_and_the_last_to_finish_merges_them(
+    tmp_path: Path,
+    ready_bucket: str,
+    minio: Minio,
+    start_sidecar: Callable[..., Sidecar],
+    failing: int | None,
+) -> None:
+    """Three pods of an Indexed Job, each with its own folder and uploader, one job's outputs."""
+    job_id = uuid.uuid4().hex
+    replicas = []
+    for index in range(3):
+        work = tmp_path / f"pod-{index}" / job_id
+        (work / "out").mkdir(parents=True)
+        replica = JobFolder(job_id, work, work / "out")
+        replica.write(f"part-{index}.txt", f"part {index}".encode())
+        replica.write("common/config.yaml", b"same: everywhere\n")
+        replica.log_file.write_text(f"log of replica {index}\n")
+        replicas.append(replica)
+
+    def started(index: int) -> Sidecar:
+        replicas[index].exit(3 if index == failing else 0)
+        return start_sidecar(
+            replicas[index], ready_bucket, OCPS_REPLICAS="3", JOB_REPLICA_INDEX=str(index)
+        )
+
+    sidecars = [started(0), started(1)]
+    for key in (replica_manifest_key(job_id, 0), replica_manifest_key(job_id, 1)):
+        wait_until(lambda key=key: exists(minio, ready_bucket, key))
+    time.sleep(0.5)
+    assert not exists(minio, ready_bucket, manifest_key(job_id))  # one replica still runs
+    assert not exists(minio, ready_bucket, archive_key(job_id))
+    sidecars.append(started(2))
+    wait_until(lambda: exists(minio, ready_bucket, archive_key(job_id)), timeout=60)
+    for sidecar in sidecars:
+        assert sidecar.terminate()[0] == 0, sidecar.log
+
+    manifest = json.loads(read_object(minio, ready_bucket, manifest_key(job_id)))
+    assert [item["path"] for item in manifest["files"]] == [
+        "common/config.yaml",
+        "ocps-job-0.log",
+        "ocps-job-1.log",
+        "ocps-job-2.log",
+        "part-0.txt",
+        "part-1.txt",
+        "part-2.txt",
+    ]
+    for item in manifest["files"]:
+        assert sha256(read_object(minio, ready_bucket, item["key"])) == item["sha256"]
+    assert [entry["exitCode"] for entry in manifest["replicas"]] == [
+        3 if index == failing else 0 for index in range(3)
+    ]
+    record = archived_record(minio, ready_bucket, job_id)
+    assert record.results is not None
+    assert [result.key for result in record.results] == [item["key"] for item in manifest["files"]]
+    if failing is None:
+        assert record.phase is Phase.COMPLETED
+    else:
+        assert record.phase is Phase.ERROR
+        assert record.error_message == "Command exited with code 3"
 
 
 def without_root_file_access() -> tuple[str, ...]:

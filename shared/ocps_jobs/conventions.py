@@ -7,9 +7,11 @@ import re
 __all__ = [
     "ANNOTATIONS",
     "ANNOTATION_PREFIX",
+    "COMPLETION_INDEX_ANNOTATION",
     "CONTAINER_GIT_CLONE",
     "CONTAINER_JOB",
     "CONTAINER_UPLOADER",
+    "ENV_JOB_REPLICA_INDEX",
     "JOB_ID_PATTERN",
     "LABEL_JOB_ID",
     "LABEL_MANAGED_BY",
@@ -24,6 +26,8 @@ __all__ = [
     "manifest_key",
     "output_key",
     "output_prefix",
+    "replica_log_name",
+    "replica_manifest_key",
 ]
 
 # --- job identifiers -----------------------------------------------------------------------
@@ -80,6 +84,10 @@ ENV_SRC_GIT_URL = "SRC_GIT_URL"
 ENV_GIT_COMMIT_REF = "GIT_COMMIT_REF"
 ENV_PROJECT_PATH = "PROJECT_PATH"
 ENV_DATA_DIR_PREFIX = "DATA_DIR_"
+# With replicas > 1: which one this process is, 0 to replicas - 1.
+ENV_JOB_REPLICA_INDEX = "JOB_REPLICA_INDEX"
+# Where Kubernetes writes a pod's index in an Indexed Job.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # The caller may not override these: the product's own plumbing depends on them.
 RESERVED_ENV_NAMES = frozenset(
@@ -88,6 +96,12 @@ RESERVED_ENV_NAMES = frozenset(
 
 # The job's combined stdout and stderr, kept as a result file beside its outputs.
 LOG_RESULT_NAME = "ocps-job.log"
+
+
+def replica_log_name(index: int) -> str:
+    """The log of one replica of a Kubernetes job with replicas > 1 (each pod has its own)."""
+    return f"ocps-job-{index}.log"
+
 
 # --- object store layout (DESIGN section 6) ---------------------------------------------------
 
@@ -117,3 +131,8 @@ def manifest_key(job_id: str) -> str:
 def archive_key(job_id: str) -> str:
     """The archived final job record."""
     return f"{JOBS_ROOT}{job_id}/job.json"
+
+
+def replica_manifest_key(job_id: str, index: int) -> str:
+    """One replica's upload manifest (the last replica to finish merges them all)."""
+    return f"{JOBS_ROOT}{job_id}/replicas/{index}/manifest.json"

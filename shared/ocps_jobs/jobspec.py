@@ -10,8 +10,10 @@ from kubernetes.client import (
     V1EmptyDirVolumeSource,
     V1EnvFromSource,
     V1EnvVar,
+    V1EnvVarSource,
     V1Job,
     V1JobSpec,
+    V1ObjectFieldSelector,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1PodSpec,
@@ -25,9 +27,11 @@ from kubernetes.client import (
 from .config import Settings
 from .conventions import (
     ANNOTATIONS,
+    COMPLETION_INDEX_ANNOTATION,
     CONTAINER_GIT_CLONE,
     CONTAINER_JOB,
     CONTAINER_UPLOADER,
+    ENV_JOB_REPLICA_INDEX,
     LABEL_JOB_ID,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
@@ -225,6 +229,19 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
     ]
     if settings.s3_endpoint:
         uploader_env.append(V1EnvVar(name="OCPS_S3_ENDPOINT", value=settings.s3_endpoint))
+    replicas = record.parameters.replicas
+    replica_env: list[V1EnvVar] = []
+    if replicas > 1:
+        # An Indexed Job: each pod knows its index, as each local replica does; its uploader
+        # keeps its own manifest, and the last to finish merges them (sidecar.py).
+        path = f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
+        replica_env = [
+            V1EnvVar(
+                name=ENV_JOB_REPLICA_INDEX,
+                value_from=V1EnvVarSource(field_ref=V1ObjectFieldSelector(field_path=path)),
+            )
+        ]
+        uploader_env += [*replica_env, V1EnvVar(name="OCPS_REPLICAS", value=str(replicas))]
     uploader = V1Container(
         name=CONTAINER_UPLOADER,
         image=settings.sidecar_image,
@@ -264,12 +281,11 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             "ocps-job",
             kubelet_literal(record.parameters.command),
         ],
-        env=job_env,
+        env=job_env + replica_env,
         volume_mounts=[work_mount, *data_mounts],
         resources=resources,
         termination_message_policy="FallbackToLogsOnError",
     )
-    replicas = record.parameters.replicas
     return V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -283,6 +299,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             backoff_limit=0,
             completions=replicas,
             parallelism=replicas,
+            completion_mode="Indexed" if replicas > 1 else None,
             active_deadline_seconds=record.execution_duration or None,
             ttl_seconds_after_finished=settings.job_ttl_seconds,
             suspend=suspend,

@@ -23,10 +23,13 @@ from typing import Any, TypeVar
 from .conventions import (
     ENV_JOB_ID,
     ENV_JOB_OUTPUT_DIR,
+    ENV_JOB_REPLICA_INDEX,
     LOG_RESULT_NAME,
     archive_key,
     manifest_key,
     output_key,
+    replica_log_name,
+    replica_manifest_key,
 )
 from .errors import BackendUnavailableError
 from .objectstore.base import ObjectStore, guess_content_type
@@ -35,8 +38,12 @@ __all__ = [
     "OutputFile",
     "Uploader",
     "alternate_name",
+    "descriptor_path",
     "final_record",
     "main",
+    "merged_manifest",
+    "open_beneath",
+    "read_job_file",
     "result_name",
     "scan_outputs",
 ]
@@ -199,6 +206,7 @@ class Uploader:
         attempts: int = 6,
         backoff_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        manifest: str | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -207,6 +215,7 @@ class Uploader:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
+        self.manifest = manifest or manifest_key(job_id)  # where finish() writes it
         # result name -> (source file, size, mtime, sha256) of what the store holds under it
         self._uploaded: dict[str, tuple[str, int, int, str]] = {}
         self._present: set[str] = set()  # result names of the files seen by the latest scan
@@ -378,7 +387,7 @@ class Uploader:
         if skipped:
             manifest["skipped"] = skipped
         data = json.dumps(manifest, indent=1).encode()
-        key = manifest_key(self.job_id)
+        key = self.manifest
         self.retry(
             "manifest upload",
             lambda: self.store.put_bytes(key, data, "application/json"),
@@ -439,6 +448,43 @@ def final_record(
     return record
 
 
+def merged_manifest(store: ObjectStore, job_id: str, replicas: int) -> dict[str, Any] | None:
+    """The job's manifest from every replica's, once each replica has written its own.
+
+    Replicas share one output namespace, as they would share a folder: their files are
+    listed together (for a name more than one wrote, the highest replica's entry). The
+    exit code is the first failure's, none when a replica was stopped, else 0.
+    """
+    parts = []
+    for index in range(replicas):
+        data = store.get_bytes(replica_manifest_key(job_id, index))
+        if data is None:
+            return None  # not the last replica to finish: that one merges
+        parts.append(json.loads(data))
+    files: dict[str, Any] = {}
+    skipped: dict[str, Any] = {}
+    for part in parts:
+        files.update((item["path"], item) for item in part["files"])
+        skipped.update((item["path"], item) for item in part.get("skipped", []))
+    codes = [part.get("exitCode") for part in parts]
+    failures = [code for code in codes if code != 0]
+    exit_code = None if None in codes else (failures[0] if failures else 0)
+    manifest: dict[str, Any] = {
+        "version": 1,
+        "jobId": job_id,
+        "files": [files[path] for path in sorted(files)],
+        "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exitCode": exit_code,
+        "replicas": [
+            {"index": index, "exitCode": code, "files": len(part["files"])}
+            for index, (part, code) in enumerate(zip(parts, codes, strict=True))
+        ],
+    }
+    if skipped:
+        manifest["skipped"] = [skipped[path] for path in sorted(skipped)]
+    return manifest
+
+
 def read_job_file(path: Path, last_bytes: int) -> str:
     """The last bytes of a file the job's side wrote, as text; "" when it is not a file.
 
@@ -477,12 +523,15 @@ def main(argv: list[str] | None = None) -> int:
     # holding the event's (non-reentrant) lock inside stop.wait(), and would deadlock.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set).start())
     store = _store_from_environment()
+    replicas = int(os.environ.get("OCPS_REPLICAS", "1"))
+    index = int(os.environ.get(ENV_JOB_REPLICA_INDEX, "0")) if replicas > 1 else 0
     uploader = Uploader(
         store,
         job_id,
         output_dir,
         attempts=int(os.environ.get("OCPS_UPLOAD_ATTEMPTS", "6")),
         backoff_seconds=float(os.environ.get("OCPS_UPLOAD_BACKOFF", "0.5")),
+        manifest=replica_manifest_key(job_id, index) if replicas > 1 else None,
     )
     while not stop.is_set() and not exit_code_file.exists():
         try:
@@ -494,11 +543,26 @@ def main(argv: list[str] | None = None) -> int:
     text = read_job_file(exit_code_file, 64).strip()
     if text:
         exit_code = int(text) if text.lstrip("-").isdigit() else None
-    extra = {LOG_RESULT_NAME: Path(log_file)} if log_file else None
-    manifest = uploader.finish(extra, exitCode=exit_code)
+    log_name = LOG_RESULT_NAME if replicas == 1 else replica_log_name(index)
+    extra = {log_name: Path(log_file)} if log_file else None
+    own_exit_code = exit_code
+    manifest: dict[str, Any] | None = uploader.finish(extra, exitCode=exit_code)
+    assert manifest is not None
     log.info("uploaded %d files for job %s", len(manifest["files"]), job_id)
-    if seed is not None:
-        stderr = read_job_file(work / "stderr", 64 * 1024)
+    if replicas > 1:
+        # Each replica's manifest is written before it looks, so the last one sees them all.
+        manifest = uploader.retry(
+            "manifest merge", lambda: merged_manifest(store, job_id, replicas)
+        )
+        if manifest is not None:
+            merged = json.dumps(manifest, indent=1).encode()
+            uploader.retry(
+                "manifest upload",
+                lambda: store.put_bytes(manifest_key(job_id), merged, "application/json"),
+            )
+            exit_code = manifest["exitCode"]
+    if seed is not None and manifest is not None:
+        stderr = read_job_file(work / "stderr", 64 * 1024) if exit_code == own_exit_code else ""
         tail = "\n".join(stderr.splitlines()[-20:])
         failure = read_job_file(work / "failure", 4096)
         record = final_record(seed, manifest, exit_code, tail, failure=failure, started=started)

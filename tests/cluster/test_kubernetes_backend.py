@@ -227,6 +227,27 @@ def test_abort_stops_the_pods_and_reports_aborted(
     assert service.abort_job(record.job_id, ANYONE).phase is Phase.ABORTED  # idempotent
 
 
+def test_replicas_are_one_indexed_job_whose_pods_know_their_index(
+    cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    record = cluster_service.create_job(JobRequest(command="true", replicas=2), ANYONE)
+    job = kube_job(kube, namespace, record.job_id)
+    assert (job.spec.completion_mode, job.spec.completions) == ("Indexed", 2)
+    wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
+    pods = k8s.CoreV1Api(kube).list_namespaced_pod(
+        namespace, label_selector=f"ocps.lsst.io/job-id={record.job_id}"
+    )
+    indexes = sorted(
+        pod.metadata.annotations["batch.kubernetes.io/job-completion-index"] for pod in pods.items
+    )
+    assert indexes == ["0", "1"]  # what JOB_REPLICA_INDEX reads in each pod
+    seen = seen_by_service(cluster_service, record.job_id, Phase.EXECUTING)  # not merged yet
+    assert "JOB_REPLICA_INDEX" not in {entry.name for entry in seen.environment}
+    act_as_sidecar(cluster_service, record.job_id, tmp_path)  # the merged manifest.json
+    done = seen_by_service(cluster_service, record.job_id, Phase.COMPLETED)
+    assert done.parameters.replicas == 2
+
+
 def test_an_abort_while_the_results_upload_leaves_the_job_completed(
     cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ def record_for(request: JobRequest) -> JobRecord:
             environment=request.environment,
             url=request.url,
             commit_ref=request.commit_ref,
+            replicas=request.replicas,
         ),
     )
 
@@ -92,3 +93,28 @@ def test_a_record_too_large_for_one_variable_is_413() -> None:
     job = build_job(record, Settings(backend="kubernetes"), suspend=False)
     _, env = container_view(job.spec.template.spec.init_containers[0], SECRET)
     assert json.loads(env["OCPS_JOB_RECORD"])["parameters"]["command"] == '"' * 32_768
+
+
+def test_replicas_run_as_an_indexed_job_each_pod_knowing_its_index() -> None:
+    request = JobRequest(command="run-part $JOB_REPLICA_INDEX", replicas=3)
+    job = build_job(record_for(request), Settings(backend="kubernetes"), suspend=False)
+    assert (job.spec.completions, job.spec.parallelism) == (3, 3)
+    assert job.spec.completion_mode == "Indexed"
+    pod = job.spec.template.spec
+    uploader, main = pod.init_containers[0], pod.containers[0]
+    for container in (uploader, main):
+        (index,) = [entry for entry in container.env if entry.name == "JOB_REPLICA_INDEX"]
+        assert index.value_from.field_ref.field_path == (
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        )
+    assert {entry.name: entry.value for entry in uploader.env}["OCPS_REPLICAS"] == "3"
+
+
+def test_one_replica_is_a_plain_job() -> None:
+    job = build_job(
+        record_for(JobRequest(command="true")), Settings(backend="kubernetes"), suspend=False
+    )
+    assert job.spec.completion_mode is None
+    pod = job.spec.template.spec
+    names = {entry.name for c in (*pod.init_containers, *pod.containers) for entry in c.env}
+    assert "JOB_REPLICA_INDEX" not in names and "OCPS_REPLICAS" not in names

@@ -162,6 +162,7 @@ def record_from_job(
                 name=item["name"], value=from_kubelet_literal(item.get("value") or "")
             )
             for item in main.get("env") or []
+            if "valueFrom" not in item  # the replica index: each pod's own, not a parameter
         ],
         error_message=status.error_message,
         results=results if status.phase in FINAL_PHASES else None,

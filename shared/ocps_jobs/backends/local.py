@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..config import Settings
-from ..conventions import LOG_RESULT_NAME, archive_key, job_prefix
+from ..conventions import ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME, archive_key, job_prefix
 from ..errors import JobNotFoundError, PhaseConflictError
 from ..jobenv import job_environment
 from ..models import ACTIVE_PHASES, JobRecord, Phase, ResultFile, utcnow
@@ -419,7 +419,7 @@ class LocalBackend(InMemoryRecords):
         argv = ["/bin/bash", "-c", record.parameters.command]
         replicas = []
         for index in range(record.parameters.replicas):
-            replica_environment = {**environment, "JOB_REPLICA_INDEX": str(index)}
+            replica_environment = {**environment, ENV_JOB_REPLICA_INDEX: str(index)}
             try:
                 process = self._spawn(run, argv, replica_environment, cwd, log_file)
             except _Aborted:
