@@ -173,6 +173,32 @@ def test_malformed_bodies_are_4xx_json(client: FlaskClient, body, content_type, 
     assert client.get("/api/v1/job").get_json() == []
 
 
+def test_a_deeply_nested_json_body_is_400_saying_so(client: FlaskClient) -> None:
+    response = client.put("/api/v1/job", data=b"[" * 200_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "Malformed JSON body: nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/api/v1/job", b"command=caf%E9"),  # Latin-1, percent-encoded
+        ("PUT", "/api/v1/job", "command=caf\u00e9".encode("latin-1")),  # raw Latin-1 byte
+        ("POST", "/uws/async", b"command=echo+%ff"),
+        ("POST", "/uws/async?RUNID=%ff", b"command=true"),
+    ],
+)
+def test_form_fields_that_are_not_utf8_are_400_not_altered(
+    client: FlaskClient, method: str, path: str, body: bytes
+) -> None:
+    response = client.open(
+        path, method=method, data=body, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 400, response.data[:300]
+    assert b"not UTF-8 once percent-decoded" in response.data
+    assert client.get("/api/v1/job").get_json() == []
+
+
 def test_huge_bodies_are_413(client: FlaskClient) -> None:
     huge = json.dumps({"command": "true", "run_id": "x" * 300_000}).encode()
     response = client.put("/api/v1/job", data=huge, content_type="application/json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 from flask import Request
 from pydantic import BaseModel, ValidationError
@@ -12,7 +13,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
-__all__ = ["form_schema", "parse_body", "parse_natural", "read_body", "validation_message"]
+__all__ = [
+    "form_schema",
+    "parse_body",
+    "parse_natural",
+    "read_body",
+    "require_utf8_fields",
+    "validation_message",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +37,18 @@ def read_body(request: Request, limit: int) -> bytes:
         return request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise PayloadTooLargeError(f"Request body is over the {limit}-byte limit") from None
+
+
+def require_utf8_fields(encoded: bytes, what: str) -> None:
+    """400 when URL-encoded fields (a query string, a form body) are not UTF-8.
+
+    werkzeug would pass such bytes on as ``%XX`` text: a value the client never sent.
+    """
+    for field in encoded.split(b"&"):
+        try:
+            unquote_to_bytes(field.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"{what} is not UTF-8 once percent-decoded") from None
 
 
 def validation_message(error: ValidationError) -> str:
@@ -97,6 +117,8 @@ def form_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
+    if request.mimetype == "application/x-www-form-urlencoded":
+        require_utf8_fields(request.get_data(cache=True), "A form field")
     payload: dict[str, Any] = {}
     for name, values in request.form.lists():
         if len(values) != 1:
@@ -129,7 +151,12 @@ def parse_body(request: Request, model: type[M], limit: int) -> M:
         try:
             payload = json.loads(data)
         except (ValueError, RecursionError) as error:
-            detail = str(error)[:200] if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+            if isinstance(error, json.JSONDecodeError):
+                detail = str(error)[:200]
+            elif isinstance(error, RecursionError):
+                detail = "nested too deeply"
+            else:
+                detail = "not UTF-8"
             raise InvalidRequestError(f"Malformed JSON body: {detail}") from None
         if not isinstance(payload, dict):
             raise InvalidRequestError("The JSON body must be an object")

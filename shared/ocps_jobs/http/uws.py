@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
 from ..models import JobRequest, Phase
 from ..service import ListQuery
-from .parsing import FORM_TYPES, parse_natural, read_body, validation_message
+from .parsing import FORM_TYPES, parse_natural, read_body, require_utf8_fields, validation_message
 from .routing import Context, Route
 from .uws_xml import (
     job_document,
@@ -66,6 +66,7 @@ Params = dict[str, list[str]]
 def _params(ctx: Context) -> Params:
     """Query and form fields by lower-cased name, values in the order given."""
     params: Params = {}
+    require_utf8_fields(ctx.request.query_string, "A query parameter")
     for name, values in ctx.request.args.lists():
         params.setdefault(name.lower(), []).extend(values)
     if ctx.request.method == "POST":
@@ -73,6 +74,8 @@ def _params(ctx: Context) -> Params:
         if ctx.request.mimetype in FORM_TYPES:
             if ctx.request.files:
                 raise InvalidRequestError("File uploads are not accepted as UWS parameters")
+            if ctx.request.mimetype == "application/x-www-form-urlencoded":
+                require_utf8_fields(data, "A form field")
             for name, values in ctx.request.form.lists():
                 params.setdefault(name.lower(), []).extend(values)
         elif data.strip():
