@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ from ocps_jobs.sidecar import (
     Uploader,
     alternate_name,
     final_record,
+    merged_manifest,
     open_beneath,
     read_job_file,
     result_name,
@@ -509,6 +511,43 @@ def test_replicas_each_upload_and_the_last_to_finish_merges_them(
         assert record.error_message == "Command exited with code 3"
 
 
+def replica_manifest(job_id: str, index: int, code: int | None, **sizes: int) -> bytes:
+    files = [
+        {"path": name, "key": output_key(job_id, name), "size": size, "sha256": "-"}
+        for name, size in sizes.items()
+    ]
+    return json.dumps({"jobId": job_id, "files": files, "exitCode": code}).encode()
+
+
+def test_a_merge_takes_the_failure_over_the_replicas_it_stopped(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "store")
+    job_id = uuid.uuid4().hex
+    for index, code in enumerate([0, 3, None]):  # the failure stopped replica 2
+        store.put_bytes(
+            replica_manifest_key(job_id, index), replica_manifest(job_id, index, code), "x"
+        )
+    manifest = merged_manifest(store, job_id, 3)
+    assert manifest is not None and manifest["exitCode"] == 3
+    store.put_bytes(replica_manifest_key(job_id, 1), replica_manifest(job_id, 1, None), "x")
+    assert (merged_manifest(store, job_id, 3) or {})["exitCode"] is None  # stopped: aborted
+    assert merged_manifest(store, job_id, 4) is None  # replica 3 has not finished
+
+
+def test_a_merge_lists_a_name_two_replicas_wrote_as_the_store_holds_it(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "store")
+    job_id = uuid.uuid4().hex
+    store.put_bytes(output_key(job_id, "same.txt"), b"x" * 22, "text/plain")  # the last PUT
+    store.put_bytes(
+        replica_manifest_key(job_id, 0), replica_manifest(job_id, 0, 0, **{"same.txt": 22}), "x"
+    )
+    store.put_bytes(
+        replica_manifest_key(job_id, 1), replica_manifest(job_id, 1, 0, **{"same.txt": 32}), "x"
+    )
+    manifest = merged_manifest(store, job_id, 2)
+    assert manifest is not None
+    assert [(item["path"], item["size"]) for item in manifest["files"]] == [("same.txt", 22)]
+
+
 def without_root_file_access() -> tuple[str, ...]:
     """A command prefix under which the file modes bind this process, even as root."""
     if os.geteuid() != 0:
@@ -547,6 +586,19 @@ def test_a_path_longer_than_an_s3_key_is_named_and_the_rest_kept(
     assert len(output_key(job.job_id, deep).encode()) > 1024
     assert manifest["skipped"] == [
         {"path": deep, "reason": "its object key would be longer than the store's 1024 bytes"}
+    ]
+
+
+def test_an_output_folder_the_uploader_may_not_list_is_named(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    job.write("hidden.txt", b"in a folder the job made unlistable")
+    job.out.chmod(0o300)
+    manifest, _ = run_job_to_the_archive(
+        job, ready_bucket, minio, start_sidecar, {}, wrapper=without_root_file_access()
+    )
+    assert manifest["skipped"] == [
+        {"path": "./", "reason": "the job left this folder unreadable to the uploader's user"}
     ]
 
 
@@ -633,16 +685,56 @@ def test_open_beneath_follows_no_link_on_the_way(tmp_path: Path) -> None:
     (tmp_path / "out" / "link-dir").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "out" / "link-file").symlink_to(tmp_path / "elsewhere" / "f")
     os.mkfifo(tmp_path / "out" / "fifo")
+    with socket.socket(socket.AF_UNIX) as listening:  # its file stays once it is closed
+        listening.bind(str(tmp_path / "out" / "socket"))
     with os.fdopen(open_beneath(str(tmp_path / "out"), "d/f")) as opened:
         assert opened.read() == "real"
     for source, code in [
         ("link-dir/f", errno.ENOTDIR),
         ("link-file", errno.ELOOP),
         ("fifo", errno.ENOENT),  # does not block, is not a result
+        ("socket", errno.ENXIO),  # not a result either (the upload takes it as gone)
         ("d/missing", errno.ENOENT),
     ]:
         with pytest.raises(OSError, match=rf"^\[Errno {code}\] "):
             os.close(open_beneath(str(tmp_path / "out"), source))
+
+
+def test_an_output_folder_swapped_for_a_link_is_not_followed(
+    job: JobFolder, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "proc-self"
+    secrets.mkdir()
+    (secrets / "environ").write_bytes(b"AWS_SECRET_ACCESS_KEY=s3cr3t")
+    job.out.rmdir()
+    job.out.symlink_to(secrets, target_is_directory=True)  # rm -r $JOB_OUTPUT_DIR; ln -s
+    store = FilesystemStore(tmp_path / "store")
+    manifest = Uploader(store, job.job_id, job.out, sleep=lambda _s: None).finish()
+    assert manifest["files"] == [] and "skipped" not in manifest
+    assert store.list_objects(f"jobs/{job.job_id}/out/") == []
+
+
+def test_a_file_that_became_unreadable_is_not_listed_with_its_old_content(
+    job: JobFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job.write("a.txt", b"first version")
+    store = FilesystemStore(tmp_path / "store")
+    uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
+    assert uploader.upload_changed() == 1
+    job.write("a.txt", b"second, then mode 000")
+    opened = sidecar_module.open_beneath
+
+    def forbidden(root: str, source: str) -> int:
+        if source == "a.txt":  # what chmod 0 does to a reader without root's override
+            raise PermissionError(errno.EACCES, "Permission denied", source)
+        return opened(root, source)
+
+    monkeypatch.setattr(sidecar_module, "open_beneath", forbidden)
+    manifest = uploader.finish()
+    assert manifest["files"] == []
+    assert manifest["skipped"] == [
+        {"path": "a.txt", "reason": "the job left it unreadable to the uploader's user"}
+    ]
 
 
 def test_read_job_file_reads_no_link(tmp_path: Path) -> None:

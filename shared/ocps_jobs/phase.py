@@ -40,9 +40,22 @@ def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def ran_to_completion(job: dict[str, Any]) -> bool:
-    """True once the Job's command has succeeded (its results may still be uploading)."""
-    return (_condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")) is not None
+def ran_to_completion(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """True once the command has succeeded in every replica (results may still upload).
+
+    The Job is only Complete once each pod has ended, after its uploader's last pass: until
+    then, the pods' job containers tell.
+    """
+    if (_condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")) is not None:
+        return True
+    wanted = (job.get("spec") or {}).get("completions") or 1
+    succeeded = 0
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == CONTAINER_JOB and terminated.get("exitCode") == 0:
+                succeeded += 1
+    return succeeded >= wanted
 
 
 def _termination_message(pods: list[dict[str, Any]]) -> str:
@@ -100,7 +113,7 @@ def job_status(
     status = job.get("status") or {}
     start = parse_time(status.get("startTime"))
     aborted_at = annotations.get(ANNOTATIONS.ABORT_REQUESTED)
-    if aborted_at and not ran_to_completion(job):
+    if aborted_at and not ran_to_completion(job, pods):
         reason = annotations.get(ANNOTATIONS.ABORT_REASON) or "Aborted by request."
         return JobStatus(Phase.ABORTED, start, parse_time(aborted_at), reason)
     failed = _condition(job, "Failed")
@@ -125,7 +138,7 @@ def job_status(
             completed.get("lastTransitionTime")
         )
         return JobStatus(Phase.COMPLETED, start, ended)
-    if (job.get("spec") or {}).get("suspend"):
+    if (job.get("spec") or {}).get("suspend") and not aborted_at:
         return JobStatus(Phase.PENDING, None, None)
     if any((pod.get("status") or {}).get("phase") == "Running" for pod in pods):
         return JobStatus(Phase.EXECUTING, start, None)

@@ -74,11 +74,19 @@ class OutputFile:
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A file or folder that is gone, or is no longer what the scan saw (a link, a socket): not
+# a result, and nothing to retry.
+_GONE = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
+_FORBIDDEN = frozenset({errno.EACCES, errno.EPERM})
 
 
 def _open_folder(root: str, parts: list[str]) -> int:
-    """A descriptor of ``root/parts...``; OSError (ELOOP, ENOTDIR) where a part is a link."""
-    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """A descriptor of ``root/parts...``; OSError (ELOOP, ENOTDIR) where one is a link.
+
+    ``root`` itself too: the job can replace ``$JOB_OUTPUT_DIR`` with a link (to
+    ``/proc/self``, say); only the folders above it are the uploader's own.
+    """
+    folder = os.open(root, _DIRECTORY_FLAGS)
     try:
         for part in parts:
             inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=folder)
@@ -161,17 +169,21 @@ def scan_outputs(output_dir: Path, unreadable: list[str] | None = None) -> Itera
         parts = pending.pop()
         try:
             folder = _open_folder(root, parts)
-        except FileNotFoundError:
-            continue
+            try:
+                with os.scandir(folder) as listing:
+                    entries = sorted(listing, key=lambda entry: entry.name)
+            except BaseException:
+                os.close(folder)
+                raise
         except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link: not ours
+            if error.errno in _GONE:  # gone, or swapped for a link: not the job's folder
                 continue
-            if unreadable is not None and parts:
-                unreadable.append("/".join(parts) + "/")
+            if error.errno not in _FORBIDDEN:
+                raise  # EMFILE, EIO...: the pass fails and the next one tries again
+            if unreadable is not None:
+                unreadable.append("/".join(parts) + "/" if parts else "./")
             continue
         try:
-            with os.scandir(folder) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
             subfolders: list[list[str]] = []
             for entry in entries:
                 try:
@@ -184,10 +196,6 @@ def scan_outputs(output_dir: Path, unreadable: list[str] | None = None) -> Itera
                         yield OutputFile(name, root, source, info.st_size, info.st_mtime_ns)
                 except FileNotFoundError:
                     continue
-        except PermissionError:
-            if unreadable is not None and parts:
-                unreadable.append("/".join(parts) + "/")
-            continue
         finally:
             os.close(folder)
         pending.extend(reversed(subfolders))
@@ -246,6 +254,10 @@ class Uploader:
             log.warning("%s is not uploaded: %s", name, reason)
         self._skipped[name] = reason
 
+    def _forget(self, name: str) -> None:
+        """What an earlier pass uploaded under ``name`` is no longer this file's content."""
+        self._uploaded.pop(name, None)
+
     def _upload_one(self, item: OutputFile) -> None:
         key = output_key(self.job_id, item.relative_path)
         limit = self.store.max_key_bytes
@@ -254,16 +266,18 @@ class Uploader:
                 item.relative_path, f"its object key would be longer than the store's {limit} bytes"
             )
             return
+        unreadable = "the job left it unreadable to the uploader's user"
         try:
             descriptor = open_beneath(item.root, item.source)
-        except PermissionError:
-            self._skip(item.relative_path, "the job left it unreadable to the uploader's user")
-            return
-        except OSError as error:  # gone, or no longer a regular file (a link, say)
-            if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        except OSError as error:
+            if error.errno in _FORBIDDEN:
+                self._forget(item.relative_path)
+                self._skip(item.relative_path, unreadable)
+            elif error.errno in _GONE:
+                log.info("%s disappeared before it could be uploaded", item.relative_path)
+                self._present.discard(item.relative_path)
+            else:
                 raise
-            log.info("%s disappeared before it could be uploaded", item.relative_path)
-            self._present.discard(item.relative_path)
             return
         content_type = guess_content_type(item.relative_path)
         path = descriptor_path(descriptor, item.path)
@@ -272,9 +286,14 @@ class Uploader:
                 f"upload of {key}", lambda: self.store.put_file(key, path, content_type)
             )
         except OSError as error:
-            if error.errno != errno.ENAMETOOLONG:
-                raise
-            self._skip(item.relative_path, "its path is too long for the store")
+            if error.errno == errno.ENAMETOOLONG:
+                self._forget(item.relative_path)
+                self._skip(item.relative_path, "its path is too long for the store")
+            elif error.errno in _FORBIDDEN and not os.access(path, os.R_OK):
+                self._forget(item.relative_path)  # its mode changed since it was opened
+                self._skip(item.relative_path, unreadable)
+            else:
+                raise  # the store refused it, not the file system
             return
         finally:
             os.close(descriptor)
@@ -323,7 +342,7 @@ class Uploader:
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
         """Upload files that are new or changed since the last pass; returns how many."""
         unreadable: list[str] = []
-        items = list(scan_outputs(self.output_dir, unreadable)) if self.output_dir.is_dir() else []
+        items = list(scan_outputs(self.output_dir, unreadable))
         outputs = len(items)
         for relative, path in (extra or {}).items():
             try:
@@ -461,14 +480,17 @@ def merged_manifest(store: ObjectStore, job_id: str, replicas: int) -> dict[str,
         if data is None:
             return None  # not the last replica to finish: that one merges
         parts.append(json.loads(data))
-    files: dict[str, Any] = {}
+    listed: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, Any] = {}
     for part in parts:
-        files.update((item["path"], item) for item in part["files"])
+        for item in part["files"]:
+            listed.setdefault(item["path"], []).append(item)
         skipped.update((item["path"], item) for item in part.get("skipped", []))
+    files = {path: _stored_entry(store, entries) for path, entries in listed.items()}
     codes = [part.get("exitCode") for part in parts]
-    failures = [code for code in codes if code != 0]
-    exit_code = None if None in codes else (failures[0] if failures else 0)
+    # A failure stops the other replicas (their code is None): the failure is the outcome.
+    failures = [code for code in codes if code not in (0, None)]
+    exit_code = failures[0] if failures else (None if None in codes else 0)
     manifest: dict[str, Any] = {
         "version": 1,
         "jobId": job_id,
@@ -483,6 +505,15 @@ def merged_manifest(store: ObjectStore, job_id: str, replicas: int) -> dict[str,
     if skipped:
         manifest["skipped"] = [skipped[path] for path in sorted(skipped)]
     return manifest
+
+
+def _stored_entry(store: ObjectStore, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of replicas' entries for one name, the one the store holds (the last one written)."""
+    if len(entries) == 1:
+        return entries[0]
+    info = store.head(entries[0]["key"])
+    matching = [entry for entry in entries if info is not None and entry["size"] == info.size]
+    return (matching or entries)[-1]
 
 
 def read_job_file(path: Path, last_bytes: int) -> str:

@@ -48,3 +48,34 @@ def test_an_abort_after_the_command_succeeded_does_not_undo_it(
 ) -> None:
     status = job_status(job(*conditions, aborted=aborted), [], manifest_exists=manifest)
     assert status.phase is phase
+
+
+def pod(exit_code: int | None) -> dict[str, Any]:
+    """A pod whose job container has ended with ``exit_code`` (None: still running), while
+    its uploader, a native sidecar, still makes its last pass: the pod is Running."""
+    state = {"running": {}} if exit_code is None else {"terminated": {"exitCode": exit_code}}
+    return {
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "job", "state": state}],
+            "initContainerStatuses": [{"name": "uploader", "state": {"running": {}}}],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pods", "phase"),
+    [
+        (1, [pod(0)], Phase.EXECUTING),  # the command succeeded: too late to abort
+        (1, [pod(None)], Phase.ABORTED),
+        (1, [pod(2)], Phase.ABORTED),
+        (2, [pod(0), pod(None)], Phase.ABORTED),  # one replica still runs
+        (2, [pod(0), pod(0)], Phase.EXECUTING),
+    ],
+)
+def test_an_abort_while_the_uploaders_run_is_too_late_once_every_command_succeeded(
+    replicas: int, pods: list[dict[str, Any]], phase: Phase
+) -> None:
+    aborted = job(aborted=True)
+    aborted["spec"]["completions"] = replicas
+    assert job_status(aborted, pods, manifest_exists=False).phase is phase

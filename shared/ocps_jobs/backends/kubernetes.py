@@ -695,7 +695,7 @@ class KubernetesBackend:
         The uploader archives what it knows in the pod: not the environment, the start time,
         a failed clone's message or a destruction time set later. Once it has written
         job.json, a read of the finished job puts the whole record there instead, and again
-        whenever the record changes; each version is checked once per process.
+        whenever the record changes; a version is taken as archived once a read finds it.
         """
         current = record.model_dump_json()
         version = hash(current)
@@ -712,7 +712,10 @@ class KubernetesBackend:
             except ValueError:
                 same = False
             if not same:
+                # Checked again on the next read: an uploader's late write of its own
+                # shorter record (a restarted pod, a second replica) is then replaced too.
                 self.store.put_bytes(key, current.encode(), "application/json")
+                return
         except BackendUnavailableError as error:
             log.warning(
                 "archived record of job %s not brought up to date: %s", record.job_id, error
@@ -814,8 +817,12 @@ class KubernetesBackend:
         if record.phase in FINAL_PHASES:
             raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot abort")
         view = self._informed().view(job_id)
-        job = view[0] if view is not None else self._read_job(job_id)
-        if job is not None and ran_to_completion(job):
+        if view is None:
+            found = self._read_job(job_id)
+            view = (
+                (found, self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])) if found else None
+            )
+        if view is not None and ran_to_completion(*view):
             return record  # too late: the command succeeded, its results are uploading
         now = utcnow()
         self._patch(
