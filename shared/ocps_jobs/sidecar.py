@@ -467,18 +467,25 @@ def final_record(
     return record
 
 
-def merged_manifest(store: ObjectStore, job_id: str, replicas: int) -> dict[str, Any] | None:
+def merged_manifest(
+    store: ObjectStore, job_id: str, replicas: int, *, missing_stopped: bool = False
+) -> dict[str, Any] | None:
     """The job's manifest from every replica's, once each replica has written its own.
 
     Replicas share one output namespace, as they would share a folder: their files are
-    listed together (for a name more than one wrote, the highest replica's entry). The
-    exit code is the first failure's, none when a replica was stopped, else 0.
+    listed together (for a name more than one wrote, the entry the store holds). The exit
+    code is the first failure's, none when a replica was stopped, else 0. With
+    ``missing_stopped``, a replica without a manifest (one that never started) counts as
+    stopped instead of not finished yet.
     """
-    parts = []
+    parts: list[dict[str, Any]] = []
     for index in range(replicas):
         data = store.get_bytes(replica_manifest_key(job_id, index))
         if data is None:
-            return None  # not the last replica to finish: that one merges
+            if not missing_stopped:
+                return None  # not the last replica to finish: that one merges
+            parts.append({"files": [], "exitCode": None})
+            continue
         parts.append(json.loads(data))
     listed: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, Any] = {}

@@ -18,7 +18,14 @@ from kubernetes.client.exceptions import ApiException
 
 from ocps_jobs.backends import JobUpdate
 from ocps_jobs.backends.kubernetes import KubernetesBackend
-from ocps_jobs.conventions import ANNOTATIONS, job_name
+from ocps_jobs.conventions import (
+    ANNOTATIONS,
+    archive_key,
+    job_name,
+    manifest_key,
+    output_key,
+    replica_manifest_key,
+)
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
 from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
@@ -246,6 +253,39 @@ def test_replicas_are_one_indexed_job_whose_pods_know_their_index(
     act_as_sidecar(cluster_service, record.job_id, tmp_path)  # the merged manifest.json
     done = seen_by_service(cluster_service, record.job_id, Phase.COMPLETED)
     assert done.parameters.replicas == 2
+
+
+def test_a_replicated_job_that_failed_lists_what_its_replicas_uploaded(
+    make_cluster_service: Callable[..., JobService], kube: k8s.ApiClient, namespace: str
+) -> None:
+    service = make_cluster_service(
+        pod_annotations={
+            "ocps.test/exit-code": "3",
+            "ocps.test/exit-message": "Command exited with code 3:\nboom",
+        },
+    )
+    record = service.create_job(JobRequest(command="exit 3", replicas=2), ANYONE)
+    job_id = record.job_id
+    # Replica 0's uploader had its last pass; replica 1's never ran (its pod was stopped).
+    store = service.store
+    store.put_bytes(output_key(job_id, "part-0.txt"), b"part 0", "text/plain")
+    entry = {"path": "part-0.txt", "key": output_key(job_id, "part-0.txt"), "size": 6}
+    replica_0 = {"jobId": job_id, "files": [{**entry, "sha256": "-", "contentType": "text/plain"}]}
+    store.put_bytes(
+        replica_manifest_key(job_id, 0), json.dumps({**replica_0, "exitCode": 3}).encode(), "x"
+    )
+    wait_until(lambda: job_condition(kube, namespace, job_id, "Failed"), timeout=30)
+
+    def listed() -> JobRecord | None:
+        job = service.get_job(job_id, ANYONE)
+        return job if job.phase is Phase.ERROR and job.results else None
+
+    job = wait_until(listed, timeout=30)
+    assert [result.key for result in job.results or []] == [output_key(job_id, "part-0.txt")]
+    merged = json.loads(store.get_bytes(manifest_key(job_id)) or b"{}")
+    assert [item["exitCode"] for item in merged["replicas"]] == [3, None]
+    archived = JobRecord.model_validate_json(store.get_bytes(archive_key(job_id)) or b"{}")
+    assert (archived.phase, archived.results) == (Phase.ERROR, job.results)
 
 
 def test_an_abort_while_the_results_upload_leaves_the_job_completed(

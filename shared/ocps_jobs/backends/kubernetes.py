@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ from ..models import (
 )
 from ..objectstore import ObjectStore
 from ..phase import job_status, parse_time, ran_to_completion
+from ..sidecar import merged_manifest
 from .base import JobUpdate, Unset
 
 __all__ = ["KubernetesBackend", "record_from_job"]
@@ -685,11 +687,45 @@ class KubernetesBackend:
             pods = self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
         results = self._results(job_id) if self._needs_manifest(job) else None
         record = record_from_job(job, pods, results)
+        merged = False
+        if record.phase in FINAL_PHASES and results is None:
+            results = self._merge_what_replicas_left(record, pods)
+            if results is not None:
+                record, merged = record_from_job(job, pods, results), True
         if record.phase in FINAL_PHASES and results is not None:
-            self._keep_archive_current(record)
+            self._keep_archive_current(record, write_missing=merged)
         return record
 
-    def _keep_archive_current(self, record: JobRecord) -> None:
+    def _merge_what_replicas_left(
+        self, record: JobRecord, pods: list[dict[str, Any]]
+    ) -> list[ResultFile] | None:
+        """The results of a replicated job that ended before every replica had uploaded.
+
+        The last replica to finish merges the replicas' manifests; one that never started
+        (still pending when a sibling's failure, an abort or the deadline stopped the Job)
+        never does. Once no pod is left running, the manifests there are are merged, the
+        missing replicas counted as stopped.
+        """
+        replicas = record.parameters.replicas
+        phases = [(pod.get("status") or {}).get("phase") for pod in pods]
+        if replicas < 2 or any(phase not in ("Succeeded", "Failed") for phase in phases):
+            return None
+        try:
+            manifest = merged_manifest(self.store, record.job_id, replicas, missing_stopped=True)
+            if manifest is None:
+                return None
+            data = json.dumps(manifest, indent=1).encode()
+            self.store.put_bytes(manifest_key(record.job_id), data, "application/json")
+        except BackendUnavailableError as error:
+            log.warning("replica manifests of job %s not merged: %s", record.job_id, error)
+            return None
+        results = ResultFile.from_manifest(manifest)
+        with self._cache_lock:
+            self._manifests[record.job_id] = results
+            self._missing.pop(record.job_id, None)
+        return results
+
+    def _keep_archive_current(self, record: JobRecord, *, write_missing: bool = False) -> None:
         """job.json as the live Job last showed the job, for when Kubernetes has removed it.
 
         The uploader archives what it knows in the pod: not the environment, the start time,
@@ -705,10 +741,10 @@ class KubernetesBackend:
         key = archive_key(record.job_id)
         try:
             data = self.store.get_bytes(key)
-            if data is None:
+            if data is None and not write_missing:
                 return  # not yet: the uploader writes it after the manifest
             try:
-                same = JobRecord.model_validate_json(data) == record
+                same = data is not None and JobRecord.model_validate_json(data) == record
             except ValueError:
                 same = False
             if not same:
