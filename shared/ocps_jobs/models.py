@@ -228,6 +228,17 @@ class JobParameters(BaseModel):
     commit_ref: str | None = None
     replicas: int = 1
 
+    @classmethod
+    def from_request(cls, request: JobRequest) -> JobParameters:
+        """The parameters of a validated request, as the job keeps them."""
+        return cls(
+            command=request.command,
+            environment=request.environment,
+            url=request.url,
+            commit_ref=request.commit_ref,
+            replicas=request.replicas,
+        )
+
 
 class ResultFile(BaseModel):
     """One output file of a finished job."""

@@ -80,13 +80,7 @@ class JobService:
             creation_time=created,
             execution_duration=self.clamp_execution_duration(execution_duration),
             destruction=self.clamp_destruction(destruction, created),
-            parameters=JobParameters(
-                command=request.command,
-                environment=request.environment,
-                url=request.url,
-                commit_ref=request.commit_ref,
-                replicas=request.replicas,
-            ),
+            parameters=JobParameters.from_request(request),
         )
         return self.backend.create(record, start=start)
 

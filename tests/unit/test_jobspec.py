@@ -30,13 +30,7 @@ def record_for(request: JobRequest) -> JobRecord:
         run_id=request.run_id or "0123456789abcdef0123456789abcdef",
         owner="ocps-csc",
         creation_time=datetime(2024, 1, 1, tzinfo=UTC),
-        parameters=JobParameters(
-            command=request.command,
-            environment=request.environment,
-            url=request.url,
-            commit_ref=request.commit_ref,
-            replicas=request.replicas,
-        ),
+        parameters=JobParameters.from_request(request),
     )
 
 
