@@ -548,6 +548,20 @@ def test_a_merge_lists_a_name_two_replicas_wrote_as_the_store_holds_it(tmp_path:
     assert [(item["path"], item["size"]) for item in manifest["files"]] == [("same.txt", 22)]
 
 
+def test_the_record_to_archive_is_read_from_the_file_the_kubelet_writes(
+    job: JobFolder, ready_bucket: str, minio: Minio, start_sidecar: Callable[..., Sidecar]
+) -> None:
+    record = json.loads(job.seed())
+    record["run_id"] = "read from the record file"
+    record_file = job.work.parent / "record.json"  # /etc/ocps-job/record.json in the pod
+    record_file.write_text(json.dumps(record))
+    expected = {"a.txt": job.write("a.txt", b"a")}
+    run_job_to_the_archive(
+        job, ready_bucket, minio, start_sidecar, expected, OCPS_JOB_RECORD_FILE=str(record_file)
+    )
+    assert archived_record(minio, ready_bucket, job.job_id).run_id == "read from the record file"
+
+
 def without_root_file_access() -> tuple[str, ...]:
     """A command prefix under which the file modes bind this process, even as root."""
     if os.geteuid() != 0:

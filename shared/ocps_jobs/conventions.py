@@ -60,6 +60,8 @@ class ANNOTATIONS:
     DESTRUCTION = ANNOTATION_PREFIX + "destruction"
     ABORT_REQUESTED = ANNOTATION_PREFIX + "abort-requested"
     ABORT_REASON = ANNOTATION_PREFIX + "abort-reason"
+    # On the pod template: the record the uploader archives, which it reads as a file.
+    RECORD = ANNOTATION_PREFIX + "record"
 
 
 # --- containers of a job's pod -------------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 
 from kubernetes.client import (
     V1Container,
+    V1DownwardAPIVolumeFile,
+    V1DownwardAPIVolumeSource,
     V1EmptyDirVolumeSource,
     V1EnvFromSource,
     V1EnvVar,
@@ -45,8 +48,8 @@ from .models import JobRecord
 
 __all__ = [
     "ANNOTATION_BUDGET",
-    "ARCHIVE_SEED_BUDGET",
     "GIT_CLONE_SCRIPT",
+    "RECORD_FILE",
     "WRAPPER_SCRIPT",
     "build_job",
     "from_kubelet_literal",
@@ -55,6 +58,7 @@ __all__ = [
     "job_paths",
     "kubelet_literal",
     "owner_label",
+    "pod_annotations",
 ]
 
 # Kubernetes refuses annotations over 256 KiB in total; leave room for kubectl's own.
@@ -97,10 +101,10 @@ fi
 """.strip()
 
 _WORK_VOLUME = "work"
-
-# Linux refuses to start a program with one argument or variable over 128 KiB (execve's
-# MAX_ARG_STRLEN); the uploader's record travels in a variable: keep it well under.
-ARCHIVE_SEED_BUDGET = 120 * 1024
+_RECORD_VOLUME = "record"
+# Where the uploader reads the record it archives: a file the kubelet writes from the pod's
+# annotation (a variable would be refused by execve past 128 KiB, and expanded).
+RECORD_FILE = "/etc/ocps-job/record.json"
 
 
 def kubelet_literal(text: str) -> str:
@@ -131,6 +135,16 @@ def owner_label(owner: str) -> str:
     return "sha256-" + hashlib.sha256(owner.encode()).hexdigest()[:56]
 
 
+def _within_budget(annotations: dict[str, str], what: str) -> dict[str, str]:
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in annotations.items())
+    if size > ANNOTATION_BUDGET:
+        raise PayloadTooLargeError(
+            f"The job's {what} is {size} bytes; Kubernetes annotations hold at most "
+            f"{ANNOTATION_BUDGET} bytes"
+        )
+    return annotations
+
+
 def job_annotations(record: JobRecord) -> dict[str, str]:
     """All job metadata, under one prefix; 413 when it would not fit Kubernetes' budget."""
     annotations = {
@@ -143,30 +157,19 @@ def job_annotations(record: JobRecord) -> dict[str, str]:
         annotations[ANNOTATIONS.EXECUTION_DURATION] = str(record.execution_duration)
     if record.destruction is not None:
         annotations[ANNOTATIONS.DESTRUCTION] = record.destruction.isoformat()
-    size = sum(len(key.encode()) + len(value.encode()) for key, value in annotations.items())
-    if size > ANNOTATION_BUDGET:
-        raise PayloadTooLargeError(
-            f"The job's metadata is {size} bytes; Kubernetes annotations hold at most "
-            f"{ANNOTATION_BUDGET} bytes"
-        )
-    return annotations
+    return _within_budget(annotations, "metadata")
 
 
-def _archive_seed(record: JobRecord) -> str:
-    """The record the uploader completes and archives as job.json (no environment copy).
+def pod_annotations(record: JobRecord, settings: Settings) -> dict[str, str]:
+    """The configured pod annotations, and the record the uploader archives as job.json.
 
-    413 when it would not fit one variable (a command of 64 KiB of quotes, say, doubles as
-    JSON).
+    Without the rendered environment: the parameters have the caller's entries.
     """
-    seed = record.model_dump_json(exclude={"environment"})
-    size = len(seed.encode())
-    if size > ARCHIVE_SEED_BUDGET:
-        raise PayloadTooLargeError(
-            f"The job's record is {size} bytes as JSON; a job on Kubernetes carries at most "
-            f"{ARCHIVE_SEED_BUDGET} bytes (a shorter command, or fewer quotes or control "
-            "characters in it)"
-        )
-    return seed
+    annotations = {
+        **settings.pod_annotations,
+        ANNOTATIONS.RECORD: record.model_dump_json(exclude={"environment"}),
+    }
+    return _within_budget(annotations, "record")
 
 
 def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
@@ -178,6 +181,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
     )
     record.environment = environment
     annotations = job_annotations(record)  # 413 first when the metadata is too large
+    template_annotations = pod_annotations(record, settings)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB_ID: job_id,
@@ -191,7 +195,22 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         for name in sorted(settings.data_volume_claims)
         if name in settings.data_dirs
     ]
-    volumes = [V1Volume(name=_WORK_VOLUME, empty_dir=V1EmptyDirVolumeSource())] + [
+    record_source = V1ObjectFieldSelector(
+        field_path=f"metadata.annotations['{ANNOTATIONS.RECORD}']"
+    )
+    volumes = [
+        V1Volume(name=_WORK_VOLUME, empty_dir=V1EmptyDirVolumeSource()),
+        V1Volume(
+            name=_RECORD_VOLUME,
+            downward_api=V1DownwardAPIVolumeSource(
+                items=[
+                    V1DownwardAPIVolumeFile(
+                        path=posixpath.basename(RECORD_FILE), field_ref=record_source
+                    )
+                ]
+            ),
+        ),
+    ] + [
         V1Volume(
             name=f"data-{name.lower()}",
             persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
@@ -225,7 +244,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         V1EnvVar(name="OCPS_BUCKET", value=settings.bucket),
         V1EnvVar(name="OCPS_S3_REGION", value=settings.s3_region),
         V1EnvVar(name="OCPS_UPLOAD_INTERVAL", value=str(settings.upload_interval_seconds)),
-        V1EnvVar(name="OCPS_JOB_RECORD", value=kubelet_literal(_archive_seed(record))),
+        V1EnvVar(name="OCPS_JOB_RECORD_FILE", value=RECORD_FILE),
     ]
     if settings.s3_endpoint:
         uploader_env.append(V1EnvVar(name="OCPS_S3_ENDPOINT", value=settings.s3_endpoint))
@@ -250,7 +269,12 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         env_from=[
             V1EnvFromSource(secret_ref=V1SecretEnvSource(name=settings.s3_credentials_secret))
         ],
-        volume_mounts=[work_mount],
+        volume_mounts=[
+            work_mount,
+            V1VolumeMount(
+                name=_RECORD_VOLUME, mount_path=posixpath.dirname(RECORD_FILE), read_only=True
+            ),
+        ],
         restart_policy="Always",
         resources=V1ResourceRequirements(requests={"cpu": "100m", "memory": "128Mi"}),
     )
@@ -304,9 +328,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             ttl_seconds_after_finished=settings.job_ttl_seconds,
             suspend=suspend,
             template=V1PodTemplateSpec(
-                metadata=V1ObjectMeta(
-                    labels=labels, annotations=dict(settings.pod_annotations) or None
-                ),
+                metadata=V1ObjectMeta(labels=labels, annotations=template_annotations),
                 spec=V1PodSpec(
                     restart_policy="Never",
                     termination_grace_period_seconds=settings.job_termination_grace_seconds,

@@ -539,6 +539,22 @@ def read_job_file(path: Path, last_bytes: int) -> str:
         return source.read().decode(errors="replace")
 
 
+def _seed_record() -> dict[str, Any] | None:
+    """The creation-time record to archive, or None.
+
+    From the file the kubelet writes from the pod's annotation (``OCPS_JOB_RECORD_FILE``),
+    else from ``OCPS_JOB_RECORD`` itself.
+    """
+    path = os.environ.get("OCPS_JOB_RECORD_FILE")
+    try:
+        text = Path(path).read_text() if path else os.environ.get("OCPS_JOB_RECORD", "")
+    except OSError as error:
+        log.error("no job record to archive: %s", error)
+        return None
+    seed: dict[str, Any] | None = json.loads(text) if text.strip() else None
+    return seed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run beside the job: upload while it runs, and everything once it has exited.
 
@@ -555,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_code_file = Path(os.environ.get("OCPS_EXIT_CODE_FILE", str(work / "exit-code")))
     interval = float(os.environ.get("OCPS_UPLOAD_INTERVAL", "10"))
     log_file = os.environ.get("OCPS_LOG_FILE")
-    seed = json.loads(os.environ.get("OCPS_JOB_RECORD") or "null")
+    seed = _seed_record()
     stop = threading.Event()
     # Set the event from another thread: the handler runs in the main thread, which may be
     # holding the event's (non-reentrant) lock inside stop.wait(), and would deadlock.

@@ -238,7 +238,8 @@ def test_replicas_are_one_indexed_job_whose_pods_know_their_index(
     cluster_service: JobService, kube: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     record = cluster_service.create_job(JobRequest(command="true", replicas=2), ANYONE)
-    job = kube_job(kube, namespace, record.job_id)
+    job_id = record.job_id
+    job = kube_job(kube, namespace, job_id)
     assert (job.spec.completion_mode, job.spec.completions) == ("Indexed", 2)
     wait_until(lambda: job_condition(kube, namespace, record.job_id, "Complete"))
     pods = k8s.CoreV1Api(kube).list_namespaced_pod(
@@ -248,6 +249,8 @@ def test_replicas_are_one_indexed_job_whose_pods_know_their_index(
         pod.metadata.annotations["batch.kubernetes.io/job-completion-index"] for pod in pods.items
     )
     assert indexes == ["0", "1"]  # what JOB_REPLICA_INDEX reads in each pod
+    for pod in pods.items:  # what each uploader reads as its record file
+        assert json.loads(pod.metadata.annotations[ANNOTATIONS.RECORD])["job_id"] == job_id
     seen = seen_by_service(cluster_service, record.job_id, Phase.EXECUTING)  # not merged yet
     assert "JOB_REPLICA_INDEX" not in {entry.name for entry in seen.environment}
     act_as_sidecar(cluster_service, record.job_id, tmp_path)  # the merged manifest.json

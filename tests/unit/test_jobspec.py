@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from ocps_jobs.config import Settings
+from ocps_jobs.conventions import ANNOTATIONS
 from ocps_jobs.errors import PayloadTooLargeError
 from ocps_jobs.jobspec import (
-    ARCHIVE_SEED_BUDGET,
+    ANNOTATION_BUDGET,
     GIT_CLONE_SCRIPT,
+    RECORD_FILE,
     WRAPPER_SCRIPT,
     build_job,
     from_kubelet_literal,
@@ -68,25 +71,42 @@ def test_every_container_sees_the_callers_text_byte_for_byte_and_no_secret() -> 
     assert (env["SRC_GIT_URL"], env["GIT_COMMIT_REF"]) == (request.url, request.commit_ref)
 
     command, env = container_view(uploader, SECRET)
-    seed = json.loads(env["OCPS_JOB_RECORD"])
+    seed = json.loads(uploaded_record(job))
     assert seed["run_id"] == "run-$(AWS_SECRET_ACCESS_KEY)"
     assert seed["parameters"]["command"] == TRICKY
     seen = json.dumps([container_view(c, SECRET) for c in (uploader, clone, main)])
     assert "s3cr3t-value" not in seen and "AKIDEXAMPLE" not in seen
 
 
-def test_a_record_too_large_for_one_variable_is_413() -> None:
-    # 64 KiB of quotes is a valid command, but doubles as JSON: past what execve takes.
+def uploaded_record(job: Any) -> str:
+    """The file the uploader reads its record from, as the kubelet writes it for the pod."""
+    pod = job.spec.template.spec
+    (uploader,) = [c for c in pod.init_containers if c.name == "uploader"]
+    assert {entry.name: entry.value for entry in uploader.env}[
+        "OCPS_JOB_RECORD_FILE"
+    ] == RECORD_FILE
+    (mount,) = [m for m in uploader.volume_mounts if RECORD_FILE.startswith(m.mount_path + "/")]
+    (volume,) = [v for v in pod.volumes if v.name == mount.name]
+    (item,) = volume.downward_api.items
+    assert f"{mount.mount_path}/{item.path}" == RECORD_FILE
+    field = item.field_ref.field_path
+    assert field == f"metadata.annotations['{ANNOTATIONS.RECORD}']"
+    text: str = job.spec.template.metadata.annotations[ANNOTATIONS.RECORD]
+    return text
+
+
+def test_a_record_travels_to_the_uploader_whole_up_to_the_annotation_budget() -> None:
+    # 64 KiB of quotes is a valid command, twice that as JSON: past what one variable could
+    # carry (execve's 128 KiB), within what an annotation, read as a file, does.
     record = record_for(JobRequest(command='"' * 65_536))
+    job = build_job(record, Settings(backend="kubernetes"), suspend=False)
+    assert json.loads(uploaded_record(job))["parameters"]["command"] == '"' * 65_536
+    many = [{"name": f"V{n}", "value": "x" * 30_000} for n in range(9)]  # 270 KB
+    record = record_for(JobRequest(command="true", environment=many))
     with pytest.raises(PayloadTooLargeError) as refused:
         build_job(record, Settings(backend="kubernetes"), suspend=False)
     assert refused.value.status == 413
-    assert str(ARCHIVE_SEED_BUDGET) in str(refused.value)
-    # Half as many still fit, and travel whole.
-    record = record_for(JobRequest(command='"' * 32_768))
-    job = build_job(record, Settings(backend="kubernetes"), suspend=False)
-    _, env = container_view(job.spec.template.spec.init_containers[0], SECRET)
-    assert json.loads(env["OCPS_JOB_RECORD"])["parameters"]["command"] == '"' * 32_768
+    assert str(ANNOTATION_BUDGET) in str(refused.value)
 
 
 def test_replicas_run_as_an_indexed_job_each_pod_knowing_its_index() -> None:
