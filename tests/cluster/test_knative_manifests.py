@@ -51,15 +51,15 @@ Doc = dict[str, Any]
 EXPECTED_RULES: dict[str, dict[tuple[str, str], set[str]]] = {
     "create_job": {
         ("batch", "jobs"): {"create", "delete", "get", "list", "patch", "watch"},
-        ("", "pods"): {"get", "list"},
+        ("", "pods"): {"get", "list", "watch"},
     },
     "query_job": {
         ("batch", "jobs"): {"get", "list", "watch"},
-        ("", "pods"): {"get", "list"},
+        ("", "pods"): {"get", "list", "watch"},
     },
     "results": {
-        ("batch", "jobs"): {"get", "list"},
-        ("", "pods"): {"get", "list"},
+        ("batch", "jobs"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch"},
     },
 }
 JOB_RUNNER = "ocps-job-runner"
@@ -457,6 +457,56 @@ def test_the_real_authorizer_grants_each_function_exactly_its_rules(
         # Nothing outside the namespace.
         assert not allowed(account, "list", "batch", "jobs", ns="default")
         assert not allowed(account, "list", "batch", "jobs", ns="")
+
+
+def test_each_function_runs_its_backend_as_its_own_service_account(
+    kube: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """The backend's own calls, watches included, under each function's Role: no 403."""
+    from ocps_jobs.backends.kubernetes import KubernetesBackend
+    from ocps_jobs.objectstore.filesystem import FilesystemStore
+
+    docs = render(namespace)
+    for doc in docs:
+        if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            create(kube, doc, dry_run=False)
+    accounts = {
+        function: ksvc["spec"]["template"]["spec"]["serviceAccountName"]
+        for function, ksvc in knative_services(docs).items()
+    }
+    settings = Settings(backend="kubernetes", namespace=namespace)
+    store = FilesystemStore(tmp_path / "store")
+
+    def backend_of(function: str) -> KubernetesBackend:
+        impersonating = k8s.ApiClient(copy.deepcopy(kube.configuration))
+        user = f"system:serviceaccount:{namespace}:{accounts[function]}"
+        impersonating.set_default_header("Impersonate-User", user)
+        return KubernetesBackend(settings, store, api_client=impersonating)
+
+    creator = backend_of("create_job")
+    record = JobRecord(
+        job_id="0123456789abcdef0123456789abcdef",
+        run_id="rbac",
+        creation_time=datetime.now(UTC),
+        parameters=JobParameters(command="true"),
+    )
+    creator.create(record, start=False)
+    try:
+        for function in ("create_job", "query_job", "results"):
+            backend = creator if function == "create_job" else backend_of(function)
+            try:
+                found = backend.get(record.job_id)
+                assert found is not None and found.run_id == "rbac", function
+                assert [r.job_id for r in backend.list_records()] == [record.job_id], function
+                # The watched copy of Jobs and Pods, which reads and WAITs answer from.
+                wait_until(lambda b=backend: b._informed().synced, timeout=15)
+            finally:
+                if backend is not creator:
+                    backend.close()
+        creator.delete(record.job_id)
+        assert creator.get(record.job_id) is None
+    finally:
+        creator.close()
 
 
 # --- settings and Services ---------------------------------------------------------------
