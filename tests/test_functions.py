@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from flask.testing import FlaskClient
 
 from tests.helpers import wait_for_phase
@@ -86,3 +89,23 @@ def test_openapi_is_served_by_query_job(functions: dict[str, FlaskClient]) -> No
         "SRC_GIT_URL",
         "GIT_COMMIT_REF",
     }
+
+
+def test_the_readiness_probe_needs_no_credentials_when_authentication_is_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from functions_framework import create_app
+
+    from tests.conftest import FUNCTIONS, REPO_ROOT
+
+    ksvc = yaml.safe_load((REPO_ROOT / "knative" / "service-query-job.yaml").read_text())
+    (container,) = ksvc["spec"]["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OCPS_AUTH_REQUIRED", "true")
+    monkeypatch.setenv("OCPS_AUTH_TOKENS", '{"tok-alice": "alice"}')
+    query = create_app("query_job", str(FUNCTIONS / "query_job" / "main.py")).test_client()
+    assert query.get(probe).status_code == 200  # Knative's probe carries no credentials
+    assert query.get("/api/v1/job").status_code == 401  # everything else still needs them
+    listed = query.get("/api/v1/job", headers={"Authorization": "Bearer tok-alice"})
+    assert listed.status_code == 200

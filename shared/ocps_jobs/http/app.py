@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from ..backends import JobBackend
 from ..config import Settings
 from ..errors import OCPSError
+from ..models import Caller
 from ..objectstore import ObjectStore
 from ..service import JobService
 from .auth import Authenticator
@@ -153,16 +154,19 @@ class FunctionApp:
     def _answer(self, http_request: Request) -> Response:
         """Dispatch; every failure becomes an error document, never a traceback."""
         try:
-            handler, params = self.router.match(http_request.method, http_request.path)
-            service = self.service
+            route, params = self.router.route_for(http_request.method, http_request.path)
+            service = self.service  # built on first use: bad settings fail here, every time
+            caller = (
+                Caller() if route.public else self._authenticator.identify(http_request)  # type: ignore[union-attr]
+            )
             context = Context(
                 request=http_request,
                 service=service,
                 settings=service.settings,
-                caller=self._authenticator.identify(http_request),  # type: ignore[union-attr]
+                caller=caller,
                 params=params,
             )
-            return handler(context)
+            return route.handler(context)
         except OCPSError as error:
             return render_error_for(http_request.path, error)
         except HTTPException as error:

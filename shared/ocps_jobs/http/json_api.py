@@ -112,7 +112,8 @@ CREATE_JOB_ROUTES = [
 ]
 
 QUERY_JOB_ROUTES = [
-    Route("GET", f"{API}/openapi.json", get_openapi),
+    # Public: clients read it before they have credentials, and Knative probes it.
+    Route("GET", f"{API}/openapi.json", get_openapi, public=True),
     Route("GET", f"{API}/job", list_jobs),
     Route("GET", f"{API}/job/{{job_id}}", get_job),
     Route("GET", f"{API}/job/{{job_id}}/phase", get_phase),

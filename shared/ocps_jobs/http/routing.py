@@ -40,6 +40,7 @@ class Route:
     method: str
     template: str
     handler: Handler
+    public: bool = False  # answered without credentials (the API's own description)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -64,6 +65,11 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters, or RouteNotFoundError / MethodNotAllowedError."""
+        route, params = self.route_for(method, path)
+        return route.handler, params
+
+    def route_for(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters, or RouteNotFoundError / MethodNotAllowedError."""
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
         lookup = "GET" if method == "HEAD" else method
@@ -73,7 +79,7 @@ class Router:
             if found is None:
                 continue
             if route.method == lookup:
-                return route.handler, found.groupdict()
+                return route, found.groupdict()
             allowed.append(route.method)
         if allowed:
             if "GET" in allowed:
