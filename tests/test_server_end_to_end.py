@@ -247,3 +247,36 @@ def test_cli_drives_the_server(server: ServeProcess, tmp_path: Path) -> None:
         check=False,
     )
     assert unreachable.returncode == 3 and "Cannot reach" in unreachable.stderr
+
+
+def test_a_second_process_on_the_same_data_dir_is_refused_and_harms_no_job(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    created = requests.put(
+        f"{server.url}/api/v1/job",
+        json={"command": 'sleep 2; echo done > "$JOB_OUTPUT_DIR/done.txt"'},
+        timeout=10,
+    ).json()
+    job_id = created["jobId"]
+    environment = {"PATH": "/usr/bin:/bin", "OCPS_DATA_DIR": str(server.data_dir)}
+    for argv in (
+        [str(CLI), "sweep"],
+        [str(CLI), "serve", "--port", "0", "--data-dir", str(server.data_dir)],
+    ):
+        second = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3, second.stderr
+        assert "is in use by another ocps-jobs process" in second.stderr
+        assert "Traceback" not in second.stderr
+    job = wait_until(
+        lambda: (
+            (found := requests.get(f"{server.url}/api/v1/job/{job_id}", timeout=10).json())["phase"]
+            in ("completed", "error")
+            and found
+        ),
+        timeout=30,
+    )
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert [item["uri"].rsplit("/", 1)[1] for item in job["results"]] == [
+        "done.txt",
+        "ocps-job.log",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -23,7 +24,7 @@ from typing import IO
 
 from ..config import Settings
 from ..conventions import ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME, archive_key, job_prefix
-from ..errors import JobNotFoundError, PhaseConflictError
+from ..errors import BackendUnavailableError, JobNotFoundError, PhaseConflictError
 from ..jobenv import job_environment
 from ..models import ACTIVE_PHASES, JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
@@ -54,6 +55,28 @@ class _Run:
     succeeded: bool = False  # the command ended 0: an abort now comes too late
 
 
+def _own_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on the data dir for this process's life; 503 when another has it.
+
+    A second process on the same folder (a second ``serve``, a ``sweep``) would take the
+    running jobs for ones left by a crash: it marked them failed and removed their work.
+    """
+    path = data_dir / "state" / "owner.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "another process"
+        os.close(descriptor)
+        raise BackendUnavailableError(
+            f"The data folder {data_dir} is in use by another ocps-jobs process "
+            f"(pid {holder}); one process runs a folder's jobs"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, str(os.getpid()).encode())
+    return descriptor
+
+
 class LocalBackend(InMemoryRecords):
     """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
 
@@ -64,6 +87,7 @@ class LocalBackend(InMemoryRecords):
         self.work_dir = settings.data_dir / "work"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._owner = _own_data_dir(settings.data_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, JobRecord] = {}
@@ -231,6 +255,7 @@ class LocalBackend(InMemoryRecords):
         for worker in self._workers:
             worker.join(timeout=10)
         self._sweeper.join(timeout=10)
+        os.close(self._owner)  # another process may take the data dir now
 
     # --- destruction ---------------------------------------------------------------------
 
