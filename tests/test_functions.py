@@ -109,3 +109,21 @@ def test_the_readiness_probe_needs_no_credentials_when_authentication_is_on(
     assert query.get("/api/v1/job").status_code == 401  # everything else still needs them
     listed = query.get("/api/v1/job", headers={"Authorization": "Bearer tok-alice"})
     assert listed.status_code == 200
+
+
+def test_a_function_with_bad_settings_answers_503_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from functions_framework import create_app
+
+    from tests.conftest import FUNCTIONS
+
+    monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OCPS_MAX_CONCURRENT_JOBS", "many")
+    query = create_app("query_job", str(FUNCTIONS / "query_job" / "main.py")).test_client()
+    for path in ("/api/v1/openapi.json", "/api/v1/job"):  # the readiness probe's path too
+        response = query.get(path)
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["error"] == "misconfigured"
+        assert "OCPS_MAX_CONCURRENT_JOBS" in body["message"]

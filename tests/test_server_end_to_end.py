@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +281,71 @@ def test_a_second_process_on_the_same_data_dir_is_refused_and_harms_no_job(
         "done.txt",
         "ocps-job.log",
     ]
+
+
+def test_the_cli_answers_bad_input_with_one_line_and_its_exit_status(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    def cli(*args: str, url: str = server.url) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(CLI), *args, "--url", url], capture_output=True, text=True, timeout=60
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    # An ID with URL syntax in it is one path segment, not a query: a 404.
+    for command in ("status", "results", "wait"):
+        odd = cli(command, "?phase=error")
+        assert (odd.returncode, odd.stderr.count("\n")) == (3, 1), odd.stderr
+        assert "404" in odd.stderr
+    # A wait that runs out of time: the job did not complete (1), the service is fine.
+    running = cli("submit", "sleep 30", "--json")
+    job_id = json.loads(running.stdout)["jobId"]
+    timed_out = cli("wait", job_id, "--timeout", "0.5")
+    assert timed_out.returncode == 1 and "still" in timed_out.stderr
+    assert cli("wait", job_id, "--poll", "-1").returncode == 2  # argparse's usage error
+    assert cli("abort", job_id).returncode == 0
+    # A download whose file would land where a folder is: one line, no partial file left.
+    done = json.loads(cli("submit", 'echo x > "$JOB_OUTPUT_DIR/a.txt"', "--wait", "--json").stdout)
+    target = tmp_path / "dl"
+    (target / done["jobId"] / "a.txt").mkdir(parents=True)
+    refused = cli("download", done["jobId"], "--output", str(target))
+    assert refused.returncode == 3 and "Cannot write" in refused.stderr
+    assert not list(target.rglob("*.part"))
+    # Something that is not a job manager answers the URL: a page, and an HTML 404.
+    site = tmp_path / "site"
+    (site / "api" / "v1").mkdir(parents=True)
+    (site / "api" / "v1" / "job").write_text("<html><body>a web page</body></html>\n")
+    with subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+        cwd=site,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as other:
+        try:
+            assert other.stdout is not None
+            port = re.search(r"port (\d+)", other.stdout.readline())
+            assert port is not None
+            wrong = cli("list", url=f"http://127.0.0.1:{port[1]}")
+            html_404 = cli("status", "0" * 32, url=f"http://127.0.0.1:{port[1]}")
+        finally:
+            other.terminate()
+    assert wrong.returncode == 3 and "not JSON" in wrong.stderr
+    assert html_404.returncode == 3 and html_404.stderr.count("\n") == 1
+
+
+def test_bad_settings_are_one_line_and_exit_2_for_serve(tmp_path: Path) -> None:
+    environment = {"PATH": "/usr/bin:/bin", "OCPS_MAX_CONCURRENT_JOBS": "many"}
+    done = subprocess.run(
+        [str(CLI), "serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ocps-jobs: Invalid settings: OCPS_MAX_CONCURRENT_JOBS: Input should be a valid "
+        "integer, unable to parse string as an integer\n"
+    )

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .client import ClientError, OCPSClient
-from .errors import OCPSError
+from .client import ClientError, OCPSClient, WaitTimeoutError
+from .errors import OCPSError, SettingsError
 from .resultids import decode_result_id
 
 __all__ = ["main"]
@@ -22,6 +22,16 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8080"
 # The embedded server's GIL switch interval (see _serve).
 SWITCH_INTERVAL_SECONDS = 0.02
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
     wait = client_command("wait", "wait until a job finishes (exit 1 unless completed)")
     wait.add_argument("job_id")
-    wait.add_argument("--timeout", type=float)
-    wait.add_argument("--poll", type=float, default=0.5)
+    wait.add_argument("--timeout", type=_positive_seconds)
+    wait.add_argument("--poll", type=_positive_seconds, default=0.5)
 
     results = client_command("results", "list a job's result files")
     results.add_argument("job_id")
@@ -293,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep()
         return _run_client(args)
+    except WaitTimeoutError as error:  # the job did not complete in time
+        print(f"ocps-jobs: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except SettingsError as error:
+        print(f"ocps-jobs: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (ClientError, OCPSError) as error:
         print(f"ocps-jobs: {error}", file=sys.stderr)
         return EXIT_SERVICE

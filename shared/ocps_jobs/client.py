@@ -6,10 +6,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-__all__ = ["FINISHED_PHASES", "ClientError", "OCPSClient"]
+__all__ = ["FINISHED_PHASES", "ClientError", "OCPSClient", "WaitTimeoutError"]
 
 # The CSC's notion of finished: it stops waiting on these.
 FINISHED_PHASES = frozenset({"completed", "error", "aborted", "unknown", "archived"})
@@ -25,6 +26,15 @@ class ClientError(Exception):
         self.code = code
 
 
+class WaitTimeoutError(ClientError):
+    """The job had not finished when the wait's time ran out."""
+
+
+def _segment(value: str) -> str:
+    """A job or result ID as one path segment, whatever it holds (``?``, ``/``, ``#``)."""
+    return quote(value, safe="")
+
+
 class OCPSClient:
     """Submit, list, wait on, download and abort jobs over ``/api/v1``."""
 
@@ -36,6 +46,8 @@ class OCPSClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if token and not token.isascii():
+            raise ClientError("The token must be ASCII text")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(
             base_url=base_url.rstrip("/") + "/api/v1",
@@ -57,11 +69,17 @@ class OCPSClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
             raise ClientError(f"Cannot reach {self.http.base_url}: {error}") from error
         if response.is_error:
             _raise_for(response)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(
+                f"{self.http.base_url} answered {response.status_code} with something that is "
+                "not JSON: is it an OCPS job manager?"
+            ) from None
 
     def submit(
         self,
@@ -95,22 +113,22 @@ class OCPSClient:
 
     def get(self, job_id: str) -> dict[str, Any]:
         """One job object."""
-        result: dict[str, Any] = self._request("GET", f"/job/{job_id}")
+        result: dict[str, Any] = self._request("GET", f"/job/{_segment(job_id)}")
         return result
 
     def phase(self, job_id: str) -> str:
         """The job's phase, lower-case."""
-        result: str = self._request("GET", f"/job/{job_id}/phase")
+        result: str = self._request("GET", f"/job/{_segment(job_id)}/phase")
         return result
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         """``[{id, uri, size, mimeType}]``."""
-        result: list[dict[str, Any]] = self._request("GET", f"/job/{job_id}/results")
+        result: list[dict[str, Any]] = self._request("GET", f"/job/{_segment(job_id)}/results")
         return result
 
     def abort(self, job_id: str) -> dict[str, Any]:
         """Stop and remove the job (``DELETE``, as the CSC does)."""
-        result: dict[str, Any] = self._request("DELETE", f"/job/{job_id}")
+        result: dict[str, Any] = self._request("DELETE", f"/job/{_segment(job_id)}")
         return result
 
     def wait(
@@ -132,7 +150,7 @@ class OCPSClient:
             if phase in FINISHED_PHASES:
                 return self.get(job_id)
             if deadline is not None and time.monotonic() > deadline:
-                raise ClientError(f"Job {job_id} still {phase} after {timeout} s")
+                raise WaitTimeoutError(f"Job {job_id} still {phase} after {timeout} s")
             time.sleep(poll_seconds)
 
     def download(
@@ -144,9 +162,9 @@ class OCPSClient:
     ) -> Path:
         """Stream one result to ``destination``; ``on_progress(done, total)`` per chunk."""
         partial = destination.with_name(destination.name + ".part")
-        destination.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self.http.stream("GET", f"/job/result/{result_id}") as response:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with self.http.stream("GET", f"/job/result/{_segment(result_id)}") as response:
                 if response.is_error:
                     response.read()
                     _raise_for(response)
@@ -160,10 +178,13 @@ class OCPSClient:
                             on_progress(done, total)
                 if total and done != total:
                     raise ClientError(f"Download of {destination.name} ended after {done} bytes")
+            partial.replace(destination)
         except httpx.HTTPError as error:
             partial.unlink(missing_ok=True)
             raise ClientError(f"Download failed: {error}") from error
-        partial.replace(destination)
+        except OSError as error:  # the destination: a folder, not writable, a file in the way
+            partial.unlink(missing_ok=True)
+            raise ClientError(f"Cannot write {destination}: {error.strerror or error}") from error
         return destination
 
 
@@ -172,5 +193,5 @@ def _raise_for(response: httpx.Response) -> None:
         body = response.json()
         message, code = str(body.get("message", body)), body.get("error")
     except (ValueError, AttributeError):
-        message, code = response.text[:500] or response.reason_phrase, None
+        message, code = " ".join(response.text[:500].split()) or response.reason_phrase, None
     raise ClientError(f"HTTP {response.status_code}: {message}", response.status_code, code)

@@ -8,8 +8,10 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
+
+from .errors import SettingsError
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -164,4 +166,13 @@ class Settings(BaseModel):
     def from_env(cls, **overrides: object) -> Settings:
         """Read the environment once; explicit overrides (from the CLI) win."""
         values = {key: value for key, value in overrides.items() if value is not None}
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            problems = [
+                f"OCPS_{str(item['loc'][0]).upper() if item['loc'] else 'settings'}: {item['msg']}"
+                for item in error.errors(include_url=False)
+            ]
+            raise SettingsError("Invalid settings: " + "; ".join(problems)) from None
+        except ValueError as error:  # an OCPS_* value that is not JSON where JSON is due
+            raise SettingsError(f"Invalid settings: {error}") from None

@@ -14,6 +14,7 @@ __all__ = [
     "RangeNotSatisfiableError",
     "ResultNotFoundError",
     "RouteNotFoundError",
+    "SettingsError",
     "UnsupportedMediaTypeError",
 ]
 
@@ -111,4 +112,15 @@ class BackendUnavailableError(OCPSError):
     """Kubernetes or the object store did not answer; the request may be retried."""
 
     code = "service_unavailable"
+    status = 503
+
+
+class SettingsError(OCPSError):
+    """An ``OCPS_*`` setting the service cannot run with.
+
+    Every request is then a 503 naming it: the operator's to fix, and a readiness probe
+    keeps the instance out of service meanwhile.
+    """
+
+    code = "misconfigured"
     status = 503
