@@ -427,6 +427,10 @@ def test_tokens_from_a_file(tmp_path: Path) -> None:
     assert client.get(f"/api/v1/job/{job_id}", headers=bearer("tok-file-2")).status_code == 404
     assert client.get("/api/v1/job", headers=bearer("tok-alice-6f1d0c")).status_code == 401
     assert client.get("/api/v1/job", headers=bearer("# token")).status_code == 401
+    # The Secret is updated in place (a new token, one revoked): no restart needed.
+    tokens.write_text("tok-file-3 frank\ntok-file-2 erin\n")
+    assert client.get("/api/v1/job", headers=bearer("tok-file-3")).status_code == 200
+    assert client.get("/api/v1/job", headers=bearer("tok-file-1")).status_code == 401
 
 
 # --- authentication off: the embedded default ------------------------------------------------

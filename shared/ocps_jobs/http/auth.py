@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 
 from flask import Request
 
@@ -20,9 +21,31 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._tokens = [
-            (token.encode(), identity) for token, identity in settings.bearer_tokens().items()
+        self._stamp: tuple[int, int] | None = None
+        self._tokens = self._read_tokens()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        path = self.settings.auth_tokens_file
+        try:
+            info = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return None if info is None else (info.st_mtime_ns, info.st_size)
+
+    def _read_tokens(self) -> list[tuple[bytes, str]]:
+        self._stamp = self._file_stamp()
+        return [
+            (token.encode(), identity) for token, identity in self.settings.bearer_tokens().items()
         ]
+
+    def _current_tokens(self) -> list[tuple[bytes, str]]:
+        """The tokens, read again once the tokens file has changed.
+
+        An updated Secret reaches running pods as a refreshed file, without a restart.
+        """
+        if self.settings.auth_tokens_file is not None and self._file_stamp() != self._stamp:
+            self._tokens = self._read_tokens()
+        return self._tokens
 
     def identify(self, request: Request) -> Caller:
         """The caller; 401 for a bad token, or for no credentials when they are required."""
@@ -31,7 +54,7 @@ class Authenticator:
         if scheme.lower() == "bearer" and credential.strip():
             presented = credential.strip().encode()
             found = None
-            for token, identity in self._tokens:  # constant time: no early exit
+            for token, identity in self._current_tokens():  # constant time: no early exit
                 if hmac.compare_digest(token, presented):
                     found = identity
             if found is None:
