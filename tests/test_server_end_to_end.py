@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -260,14 +261,16 @@ def test_a_second_process_on_the_same_data_dir_is_refused_and_harms_no_job(
     ).json()
     job_id = created["jobId"]
     environment = {"PATH": "/usr/bin:/bin", "OCPS_DATA_DIR": str(server.data_dir)}
-    for argv in (
-        [str(CLI), "sweep"],
-        [str(CLI), "serve", "--port", "0", "--data-dir", str(server.data_dir)],
-    ):
-        second = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=60)
-        assert second.returncode == 3, second.stderr
-        assert "is in use by another ocps-jobs process" in second.stderr
-        assert "Traceback" not in second.stderr
+    argv = [str(CLI), "serve", "--port", "0", "--data-dir", str(server.data_dir)]
+    second = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 3, second.stderr
+    assert "is in use by another ocps-jobs process" in second.stderr
+    assert "Traceback" not in second.stderr
+    # sweep is the Kubernetes backend's: on a local data dir it would start and stop jobs.
+    sweep = subprocess.run(
+        [str(CLI), "sweep"], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert sweep.returncode == 2 and "sweep is for the Kubernetes backend" in sweep.stderr
     job = wait_until(
         lambda: (
             (found := requests.get(f"{server.url}/api/v1/job/{job_id}", timeout=10).json())["phase"]
@@ -333,6 +336,37 @@ def test_the_cli_answers_bad_input_with_one_line_and_its_exit_status(
             other.terminate()
     assert wrong.returncode == 3 and "not JSON" in wrong.stderr
     assert html_404.returncode == 3 and html_404.stderr.count("\n") == 1
+
+
+def test_serve_on_a_taken_port_starts_no_job(tmp_path: Path) -> None:
+    """A queued job in the data dir, and the port taken: one line, exit 3, the job untouched."""
+    first = ServeProcess(tmp_path / "data", "--max-concurrent-jobs", "1").start()
+    try:
+        running = requests.put(
+            f"{first.url}/api/v1/job", json={"command": "sleep 20"}, timeout=10
+        ).json()
+        queued = requests.put(
+            f"{first.url}/api/v1/job", json={"command": "touch $JOB_OUTPUT_DIR/ran"}, timeout=10
+        ).json()
+    finally:
+        first.stop()  # SIGTERM: the running job is stopped, the queued one stays queued
+    port = int(first.url.rsplit(":", 1)[1])
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run(
+            [str(CLI), "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 3 and "cannot listen on" in done.stderr
+    assert "Traceback" not in done.stderr
+    state = tmp_path / "data" / "state" / "jobs"
+    assert json.loads((state / f"{queued['jobId']}.json").read_text())["phase"] == "queued"
+    assert running["jobId"] != queued["jobId"]
 
 
 def test_bad_settings_are_one_line_and_exit_2_for_serve(tmp_path: Path) -> None:

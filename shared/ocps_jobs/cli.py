@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free one), for waitress to listen on."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    bound = socket.socket(family, kind, proto)
+    try:
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.bind(address)
+    except OSError:
+        bound.close()
+        raise
+    return bound
+
+
 def _serve(args: argparse.Namespace) -> int:
     from waitress.server import TcpWSGIServer, create_server
 
@@ -117,12 +133,17 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The port first: a server that cannot listen must not start the data dir's jobs.
+    try:
+        listening = _bound_socket(args.host, args.port)
+    except OSError as error:
+        print(f"ocps-jobs: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return EXIT_SERVICE
     service = build_service(settings)
     app = create_embedded_app(service)
     server = create_server(
         app,
-        host=args.host,
-        port=args.port,
+        sockets=[listening],
         threads=args.threads,
         # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
         connection_limit=max(100, 2 * args.threads),
@@ -171,8 +192,17 @@ def _sweep() -> int:
     from .config import Settings
     from .http import build_service
 
+    settings = Settings.from_env()
+    if settings.backend == "local":
+        # Building a local backend would run the data dir's queued jobs, then stop them.
+        print(
+            "ocps-jobs: sweep is for the Kubernetes backend; the embedded server removes "
+            "expired jobs itself",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    service = build_service(Settings.from_env())
+    service = build_service(settings)
     try:
         destroyed = service.destroy_expired()
     finally:
