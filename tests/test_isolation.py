@@ -431,6 +431,12 @@ def test_tokens_from_a_file(tmp_path: Path) -> None:
     tokens.write_text("tok-file-3 frank\ntok-file-2 erin\n")
     assert client.get("/api/v1/job", headers=bearer("tok-file-3")).status_code == 200
     assert client.get("/api/v1/job", headers=bearer("tok-file-1")).status_code == 401
+    # A file that cannot be read (mid-update, not UTF-8): no token is accepted meanwhile,
+    # not the last ones read, which may include one just revoked.
+    tokens.write_bytes(b"tok-file-3 fr\xe9nk\n")
+    assert client.get("/api/v1/job", headers=bearer("tok-file-3")).status_code == 401
+    tokens.write_text("tok-file-4 gina\n")
+    assert client.get("/api/v1/job", headers=bearer("tok-file-4")).status_code == 200
 
 
 # --- authentication off: the embedded default ------------------------------------------------

@@ -301,6 +301,15 @@ def test_the_cli_answers_bad_input_with_one_line_and_its_exit_status(
         odd = cli(command, "?phase=error")
         assert (odd.returncode, odd.stderr.count("\n")) == (3, 1), odd.stderr
         assert "404" in odd.stderr
+    # Arguments no request can be made with: one line, exit 2.
+    for args, url in (
+        (("status", "."), server.url),
+        (("status", ""), server.url),
+        (("list",), "http://[::1"),
+        (("list", "--token", "caf\u00e9"), server.url),
+    ):
+        unusable = cli(*args, url=url)
+        assert (unusable.returncode, unusable.stderr.count("\n")) == (2, 1), unusable.stderr
     # A wait that runs out of time: the job did not complete (1), the service is fine.
     running = cli("submit", "sleep 30", "--json")
     job_id = json.loads(running.stdout)["jobId"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .client import ClientError, OCPSClient, WaitTimeoutError
+from .client import ClientError, InvalidArgumentError, OCPSClient, WaitTimeoutError
 from .errors import OCPSError, SettingsError
 from .resultids import decode_result_id
 
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except WaitTimeoutError as error:  # the job did not complete in time
         print(f"ocps-jobs: {error}", file=sys.stderr)
         return EXIT_JOB_FAILED
-    except SettingsError as error:
+    except (SettingsError, InvalidArgumentError) as error:
         print(f"ocps-jobs: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ClientError, OCPSError) as error:

@@ -10,7 +10,13 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["FINISHED_PHASES", "ClientError", "OCPSClient", "WaitTimeoutError"]
+__all__ = [
+    "FINISHED_PHASES",
+    "ClientError",
+    "InvalidArgumentError",
+    "OCPSClient",
+    "WaitTimeoutError",
+]
 
 # The CSC's notion of finished: it stops waiting on these.
 FINISHED_PHASES = frozenset({"completed", "error", "aborted", "unknown", "archived"})
@@ -26,12 +32,18 @@ class ClientError(Exception):
         self.code = code
 
 
+class InvalidArgumentError(ClientError):
+    """A URL, token or ID that no request can be made with."""
+
+
 class WaitTimeoutError(ClientError):
     """The job had not finished when the wait's time ran out."""
 
 
 def _segment(value: str) -> str:
     """A job or result ID as one path segment, whatever it holds (``?``, ``/``, ``#``)."""
+    if value in ("", ".", ".."):  # would name the list, or its parent, not one item
+        raise InvalidArgumentError(f"{value!r} is not a job or result ID")
     return quote(value, safe="")
 
 
@@ -47,14 +59,17 @@ class OCPSClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if token and not token.isascii():
-            raise ClientError("The token must be ASCII text")
+            raise InvalidArgumentError("The token must be ASCII text")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/") + "/api/v1",
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-        )
+        try:
+            self.http = httpx.Client(
+                base_url=base_url.rstrip("/") + "/api/v1",
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+            )
+        except httpx.InvalidURL as error:
+            raise InvalidArgumentError(f"Not a URL: {base_url!r} ({error})") from None
 
     def close(self) -> None:
         """Close the connection pool."""

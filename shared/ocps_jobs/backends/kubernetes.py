@@ -689,7 +689,7 @@ class KubernetesBackend:
         record = record_from_job(job, pods, results)
         merged = False
         if record.phase in FINAL_PHASES and results is None:
-            results = self._merge_what_replicas_left(record, pods)
+            results = self._merge_what_replicas_left(record, job, pods)
             if results is not None:
                 record, merged = record_from_job(job, pods, results), True
         if record.phase in FINAL_PHASES and results is not None:
@@ -697,7 +697,7 @@ class KubernetesBackend:
         return record
 
     def _merge_what_replicas_left(
-        self, record: JobRecord, pods: list[dict[str, Any]]
+        self, record: JobRecord, job: dict[str, Any], pods: list[dict[str, Any]]
     ) -> list[ResultFile] | None:
         """The results of a replicated job that ended before every replica had uploaded.
 
@@ -707,8 +707,22 @@ class KubernetesBackend:
         missing replicas counted as stopped.
         """
         replicas = record.parameters.replicas
+        status = job.get("status") or {}
+        # The Job controller has settled the Job (ended, or suspended by an abort) and counts
+        # no pod still running or terminating: no uploader can write a manifest any more.
+        settled = {
+            condition.get("type")
+            for condition in status.get("conditions") or []
+            if condition.get("status") == "True"
+        } & {"Failed", "Complete", "Suspended"}
         phases = [(pod.get("status") or {}).get("phase") for pod in pods]
-        if replicas < 2 or any(phase not in ("Succeeded", "Failed") for phase in phases):
+        if (
+            replicas < 2
+            or not settled
+            or status.get("active")
+            or status.get("terminating")
+            or any(phase not in ("Succeeded", "Failed") for phase in phases)
+        ):
             return None
         try:
             manifest = merged_manifest(self.store, record.job_id, replicas, missing_stopped=True)

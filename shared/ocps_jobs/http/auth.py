@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 
 from flask import Request
@@ -14,6 +15,8 @@ from ..models import Caller
 __all__ = ["Authenticator"]
 
 _MAX_IDENTITY_LENGTH = 255
+
+log = logging.getLogger(__name__)
 
 
 class Authenticator:
@@ -33,10 +36,12 @@ class Authenticator:
         return None if info is None else (info.st_mtime_ns, info.st_size)
 
     def _read_tokens(self) -> list[tuple[bytes, str]]:
-        self._stamp = self._file_stamp()
-        return [
+        stamp = self._file_stamp()
+        tokens = [
             (token.encode(), identity) for token, identity in self.settings.bearer_tokens().items()
         ]
+        self._stamp = stamp  # only once read: a failed read is tried again
+        return tokens
 
     def _current_tokens(self) -> list[tuple[bytes, str]]:
         """The tokens, read again once the tokens file has changed.
@@ -44,7 +49,11 @@ class Authenticator:
         An updated Secret reaches running pods as a refreshed file, without a restart.
         """
         if self.settings.auth_tokens_file is not None and self._file_stamp() != self._stamp:
-            self._tokens = self._read_tokens()
+            try:
+                self._tokens = self._read_tokens()
+            except (OSError, ValueError) as error:  # mid-update, unreadable, not UTF-8
+                log.warning("tokens file not read again (%s); none accepted meanwhile", error)
+                self._tokens = []  # fail closed: a revoked token must not keep working
         return self._tokens
 
     def identify(self, request: Request) -> Caller:
