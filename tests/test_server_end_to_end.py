@@ -170,21 +170,22 @@ def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
     ).json()["jobId"]
     assert csc_wait(server.url, done)["phase"] == "completed"
     running = requests.put(
-        f"{server.url}/api/v1/job", json={"command": "sleep 120"}, timeout=10
+        f"{server.url}/api/v1/job",
+        json={"command": 'sleep 120 & echo $! > "$JOB_OUTPUT_DIR/pid"; wait'},
+        timeout=10,
     ).json()["jobId"]
-    wait_until(
-        lambda: (
-            requests.get(f"{server.url}/api/v1/job/{running}/phase", timeout=10).json()
-            == "executing"
-        )
-    )
+    pid_file = server.data_dir / "work" / running / "out" / "pid"
+    sleeper = int(wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip()))
     server.stop(signal.SIGKILL)
+    assert _alive(sleeper), "a crash leaves the job's processes running"
 
     restarted = Server(server.data_dir).start()
     try:
         after = requests.get(f"{restarted.url}/api/v1/job/{running}", timeout=10).json()
         assert after["phase"] == "error"
         assert "restarted" in after["errorSummary"]["message"]
+        # ... which the restarted server stops before it removes their folder.
+        wait_until(lambda: not _alive(sleeper), timeout=10)
         kept = requests.get(f"{restarted.url}/api/v1/job/{done}/results", timeout=10).json()
         assert [
             requests.get(f"{restarted.url}/api/v1/job/result/{r['id']}", timeout=10).text
@@ -194,6 +195,14 @@ def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
     finally:
         restarted.stop()
     subprocess.run(["pkill", "-f", "sleep 120"], check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def test_cli_drives_the_server(server: ServeProcess, tmp_path: Path) -> None:

@@ -48,11 +48,21 @@ _PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
 class _Run:
     """A job being executed: its process groups and whether an abort was asked for."""
 
+    job_id: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     abort_reason: str | None = None
     deleted: bool = False
     timer: threading.Timer | None = None
     succeeded: bool = False  # the command ended 0: an abort now comes too late
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (Linux); None when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _own_data_dir(data_dir: Path) -> int:
@@ -131,6 +141,7 @@ class LocalBackend(InMemoryRecords):
                 continue
             self._records[record.job_id] = record
             if record.phase is Phase.EXECUTING:
+                self._stop_orphans(record.job_id)  # before its folder goes: no stray writer
                 record.phase = Phase.ERROR
                 record.end_time = utcnow()
                 record.error_message = "The job manager restarted while the job was running."
@@ -314,7 +325,7 @@ class LocalBackend(InMemoryRecords):
                     continue
                 record.phase = Phase.EXECUTING
                 record.start_time = utcnow()
-                run = _Run()
+                run = _Run(job_id)
                 self._runs[job_id] = run
                 self._save(record)
                 snapshot = record.model_copy(deep=True)
@@ -388,6 +399,7 @@ class LocalBackend(InMemoryRecords):
                 start_new_session=True,
             )
             run.processes.append(process)
+            self._mark_process(run, process.pid)
             return process
 
     def _clone(
@@ -471,6 +483,34 @@ class LocalBackend(InMemoryRecords):
             run.abort_reason = f"The job ran over its execution duration of {seconds} s."
             self._signal_run(run)
 
+    # --- process marks: what a crashed server's successor must stop --------------------
+
+    def _marks_path(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.processes"
+
+    def _mark_process(self, run: _Run, pid: int) -> None:
+        """Note a job's process group with its start time, which tells it from a reused pid."""
+        started = _start_ticks(pid)
+        if started is None:
+            return
+        with open(self._marks_path(run.job_id), "a") as marks:
+            marks.write(f"{pid} {started}\n")
+
+    def _stop_orphans(self, job_id: str) -> None:
+        """Kill the process groups a crashed server left running for this job."""
+        path = self._marks_path(job_id)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            pid, _, started = line.partition(" ")
+            if pid.isdigit() and started.isdigit() and _start_ticks(int(pid)) == int(started):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(pid), signal.SIGKILL)
+                    log.warning("stopped process group %s of job %s, left by a crash", pid, job_id)
+        path.unlink(missing_ok=True)
+
     def _finish(
         self,
         job_id: str,
@@ -479,6 +519,7 @@ class LocalBackend(InMemoryRecords):
         message: str,
         results: list[ResultFile] | None = None,
     ) -> None:
+        self._marks_path(job_id).unlink(missing_ok=True)
         with self._lock:
             self._runs.pop(job_id, None)
             record = self._records.get(job_id)
