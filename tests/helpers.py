@@ -129,3 +129,12 @@ def container_view(container: Any, secrets: dict[str, str]) -> tuple[list[str], 
     command = [kubelet_expand(part, variables) for part in container.command or []]
     own = {entry.name: variables[entry.name] for entry in container.env or []}
     return command, own
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not), from /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

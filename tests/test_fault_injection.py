@@ -30,7 +30,7 @@ from ocps_jobs.service import JobService
 from ocps_jobs.sidecar import Uploader
 from tests.chaos import ServeProcess
 from tests.faults import TcpProxy
-from tests.helpers import wait_for_phase, wait_until
+from tests.helpers import process_alive, wait_for_phase, wait_until
 
 FINAL = {"completed", "error", "aborted"}
 
@@ -249,14 +249,6 @@ def test_during_an_s3_outage_store_requests_are_503_json_and_recover(
 # --- a job process killed from outside --------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_job_killed_by_a_signal_ends_in_error(
     client: FlaskClient, service: JobService, sig: signal.Signals
@@ -275,13 +267,13 @@ def test_a_job_killed_by_a_signal_ends_in_error(
             return None
 
     bash, child = wait_until(pids, timeout=20)
-    assert _alive(bash) and _alive(child)
+    assert process_alive(bash) and process_alive(child)
     os.kill(bash, sig)
     # Well before the 60 s sleep would end: the job's process group dies with its bash.
     job = finish(client, job_id, timeout=20)
     assert job["phase"] == "error"
     assert f"killed by signal {int(sig)}" in job["errorSummary"]["message"]
-    assert not _alive(child), "a child the command left behind must not outlive the job"
+    assert not process_alive(child), "a child the command left behind must not outlive the job"
     names = set(results_by_name(client, job_id))
     assert {"bash.pid", "child.pid", "ocps-job.log"} <= names
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.chaos import CLI, ServeProcess
-from tests.helpers import make_pipeline_repo, wait_until
+from tests.helpers import make_pipeline_repo, process_alive, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
     pid_file = server.data_dir / "work" / running / "out" / "pid"
     sleeper = int(wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip()))
     server.stop(signal.SIGKILL)
-    assert _alive(sleeper), "a crash leaves the job's processes running"
+    assert process_alive(sleeper), "a crash leaves the job's processes running"
 
     restarted = Server(server.data_dir).start()
     try:
@@ -185,7 +185,7 @@ def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
         assert after["phase"] == "error"
         assert "restarted" in after["errorSummary"]["message"]
         # ... which the restarted server stops before it removes their folder.
-        wait_until(lambda: not _alive(sleeper), timeout=10)
+        wait_until(lambda: not process_alive(sleeper), timeout=10)
         kept = requests.get(f"{restarted.url}/api/v1/job/{done}/results", timeout=10).json()
         assert [
             requests.get(f"{restarted.url}/api/v1/job/result/{r['id']}", timeout=10).text
@@ -195,14 +195,6 @@ def test_jobs_survive_a_crash_of_the_server(server: ServeProcess) -> None:
     finally:
         restarted.stop()
     subprocess.run(["pkill", "-f", "sleep 120"], check=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_cli_drives_the_server(server: ServeProcess, tmp_path: Path) -> None:
