@@ -676,15 +676,10 @@ class KubernetesBackend:
         The watched copy answers when it has the Job; the API otherwise (not yet synced,
         or a Job another process created an instant ago).
         """
-        view = self._informed().view(job_id)
-        if view is not None:
-            job, pods = view
-        else:
-            found = self._read_job(job_id)
-            if found is None:
-                return self._archived(job_id)
-            job = found
-            pods = self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
+        view = self._job_and_pods(job_id)
+        if view is None:
+            return self._archived(job_id)
+        job, pods = view
         results = self._results(job_id) if self._needs_manifest(job) else None
         record = record_from_job(job, pods, results)
         merged = False
@@ -695,6 +690,16 @@ class KubernetesBackend:
         if record.phase in FINAL_PHASES and results is not None:
             self._keep_archive_current(record, write_missing=merged)
         return record
+
+    def _job_and_pods(self, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The Job and its Pods: the watched copy's, else the API's; None without a Job."""
+        view = self._informed().view(job_id)
+        if view is not None:
+            return view
+        job = self._read_job(job_id)
+        if job is None:
+            return None
+        return job, self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
 
     def _merge_what_replicas_left(
         self, record: JobRecord, job: dict[str, Any], pods: list[dict[str, Any]]
@@ -866,12 +871,7 @@ class KubernetesBackend:
         record = self._require(job_id)
         if record.phase in FINAL_PHASES:
             raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot abort")
-        view = self._informed().view(job_id)
-        if view is None:
-            found = self._read_job(job_id)
-            view = (
-                (found, self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])) if found else None
-            )
+        view = self._job_and_pods(job_id)
         if view is not None and ran_to_completion(*view):
             return record  # too late: the command succeeded, its results are uploading
         now = utcnow()
