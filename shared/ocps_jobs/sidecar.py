@@ -46,6 +46,7 @@ __all__ = [
     "read_job_file",
     "result_name",
     "scan_outputs",
+    "store_merged_manifest",
 ]
 
 log = logging.getLogger("ocps_jobs.sidecar")
@@ -514,6 +515,17 @@ def merged_manifest(
     return manifest
 
 
+def store_merged_manifest(
+    store: ObjectStore, job_id: str, replicas: int, *, missing_stopped: bool = False
+) -> dict[str, Any] | None:
+    """``merged_manifest``, written as the job's manifest.json once it can be made."""
+    manifest = merged_manifest(store, job_id, replicas, missing_stopped=missing_stopped)
+    if manifest is not None:
+        data = json.dumps(manifest, indent=1).encode()
+        store.put_bytes(manifest_key(job_id), data, "application/json")
+    return manifest
+
+
 def _stored_entry(store: ObjectStore, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Of replicas' entries for one name, the one the store holds (the last one written)."""
     if len(entries) == 1:
@@ -600,20 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     log_name = LOG_RESULT_NAME if replicas == 1 else replica_log_name(index)
     extra = {log_name: Path(log_file)} if log_file else None
     own_exit_code = exit_code
-    manifest: dict[str, Any] | None = uploader.finish(extra, exitCode=exit_code)
-    assert manifest is not None
-    log.info("uploaded %d files for job %s", len(manifest["files"]), job_id)
+    own = uploader.finish(extra, exitCode=exit_code)
+    log.info("uploaded %d files for job %s", len(own["files"]), job_id)
+    manifest: dict[str, Any] | None = own
     if replicas > 1:
         # Each replica's manifest is written before it looks, so the last one sees them all.
         manifest = uploader.retry(
-            "manifest merge", lambda: merged_manifest(store, job_id, replicas)
+            "manifest merge", lambda: store_merged_manifest(store, job_id, replicas)
         )
         if manifest is not None:
-            merged = json.dumps(manifest, indent=1).encode()
-            uploader.retry(
-                "manifest upload",
-                lambda: store.put_bytes(manifest_key(job_id), merged, "application/json"),
-            )
             exit_code = manifest["exitCode"]
     if seed is not None and manifest is not None:
         stderr = read_job_file(work / "stderr", 64 * 1024) if exit_code == own_exit_code else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import threading
 import time
@@ -50,7 +49,7 @@ from ..models import (
 )
 from ..objectstore import ObjectStore
 from ..phase import job_status, parse_time, ran_to_completion
-from ..sidecar import merged_manifest
+from ..sidecar import store_merged_manifest
 from .base import JobUpdate, Unset
 
 __all__ = ["KubernetesBackend", "record_from_job"]
@@ -730,11 +729,11 @@ class KubernetesBackend:
         ):
             return None
         try:
-            manifest = merged_manifest(self.store, record.job_id, replicas, missing_stopped=True)
+            manifest = store_merged_manifest(
+                self.store, record.job_id, replicas, missing_stopped=True
+            )
             if manifest is None:
                 return None
-            data = json.dumps(manifest, indent=1).encode()
-            self.store.put_bytes(manifest_key(record.job_id), data, "application/json")
         except BackendUnavailableError as error:
             log.warning("replica manifests of job %s not merged: %s", record.job_id, error)
             return None
