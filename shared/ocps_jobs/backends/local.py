@@ -68,8 +68,8 @@ def _start_ticks(pid: int) -> int | None:
 def _own_data_dir(data_dir: Path) -> int:
     """An exclusive lock on the data dir for this process's life; 503 when another has it.
 
-    A second process on the same folder (a second ``serve``, a ``sweep``) would take the
-    running jobs for ones left by a crash: it marked them failed and removed their work.
+    A second process on the same folder (a second ``serve``) would take the running jobs
+    for ones left by a crash: it marked them failed and removed their work.
     """
     path = data_dir / "state" / "owner.lock"
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -14,6 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 __all__ = [
+    "form_fields",
     "form_schema",
     "parse_body",
     "parse_natural",
@@ -116,11 +117,16 @@ def form_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
+def form_fields(request: Request) -> list[tuple[str, list[str]]]:
+    """The body's form fields, each name with its values; 400 when they are not UTF-8."""
     if request.mimetype == "application/x-www-form-urlencoded":
         require_utf8_fields(request.get_data(cache=True), "A form field")
+    return list(request.form.lists())
+
+
+def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
     payload: dict[str, Any] = {}
-    for name, values in request.form.lists():
+    for name, values in form_fields(request):
         if len(values) != 1:
             raise InvalidRequestError(f"Invalid request: {name[:64]} is given more than once")
         payload[name] = values[0]

@@ -32,7 +32,14 @@ from pydantic import ValidationError
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
 from ..models import JobRequest, Phase
 from ..service import ListQuery
-from .parsing import FORM_TYPES, parse_natural, read_body, require_utf8_fields, validation_message
+from .parsing import (
+    FORM_TYPES,
+    form_fields,
+    parse_natural,
+    read_body,
+    require_utf8_fields,
+    validation_message,
+)
 from .routing import Context, Route
 from .uws_xml import (
     job_document,
@@ -74,9 +81,7 @@ def _params(ctx: Context) -> Params:
         if ctx.request.mimetype in FORM_TYPES:
             if ctx.request.files:
                 raise InvalidRequestError("File uploads are not accepted as UWS parameters")
-            if ctx.request.mimetype == "application/x-www-form-urlencoded":
-                require_utf8_fields(data, "A form field")
-            for name, values in ctx.request.form.lists():
+            for name, values in form_fields(ctx.request):
                 params.setdefault(name.lower(), []).extend(values)
         elif data.strip():
             raise UnsupportedMediaTypeError(
