@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .backends import JobBackend, JobUpdate
+from .backends.base import Unset
 from .config import Settings
 from .conventions import is_job_id, manifest_key
-from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
+from .errors import JobNotFoundError, ResultNotFoundError
 from .models import (
     FINAL_PHASES,
     Caller,
@@ -24,12 +25,19 @@ from .models import (
 )
 from .objectstore import ObjectStore, ObjectStream
 from .resultids import decode_result_id
+from .transitions import (
+    abort_needed,
+    clamp_destruction,
+    clamp_execution_duration,
+    may_wait,
+    require_destruction_change,
+    require_duration_change,
+    start_needed,
+)
 
-__all__ = ["WAITABLE_PHASES", "JobService"]
+__all__ = ["JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
-
-WAITABLE_PHASES = frozenset({Phase.PENDING, Phase.QUEUED, Phase.EXECUTING})
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class JobService:
         if execution_duration is None:
             execution_duration = self.settings.default_execution_duration
         if destruction is not None:
-            _require_future(destruction)
+            require_destruction_change(destruction, _now())
         elif self.settings.default_destruction_seconds:
             destruction = created + timedelta(seconds=self.settings.default_destruction_seconds)
         record = JobRecord(
@@ -108,8 +116,10 @@ class JobService:
         return records
 
     def start_job(self, job_id: str, caller: Caller) -> JobRecord:
-        """PENDING -> QUEUED."""
-        self.get_job(job_id, caller)
+        """PENDING -> QUEUED; a job already on its way is left as it is (409 once it ended)."""
+        record = self.get_job(job_id, caller)
+        if not start_needed(record):
+            return record
         return self.backend.start(job_id)
 
     def abort_job(self, job_id: str, caller: Caller, *, wait: float = 0.0) -> JobRecord:
@@ -120,7 +130,7 @@ class JobService:
         the job has reached its final phase, so that a UWS client sees ABORTED at once.
         """
         record = self.get_job(job_id, caller)
-        if record.phase is Phase.ABORTED:
+        if not abort_needed(record):
             return record
         record = self.backend.abort(job_id)
         deadline = time.monotonic() + min(wait, float(self.settings.wait_max_seconds))
@@ -141,9 +151,22 @@ class JobService:
         self.backend.delete(job_id)
 
     def update_job(self, job_id: str, caller: Caller, update: JobUpdate) -> JobRecord:
-        """Change execution duration or destruction."""
-        self.get_job(job_id, caller)
-        return self.backend.update(job_id, update)
+        """Change execution duration or destruction, clamped to the configured limits.
+
+        The execution duration only before the job runs (409 otherwise); a destruction time
+        already past is refused (400): a skewed client clock must not destroy a job.
+        """
+        record = self.get_job(job_id, caller)
+        execution_duration = update.execution_duration
+        if not isinstance(execution_duration, Unset):
+            require_duration_change(record)
+            execution_duration = self.clamp_execution_duration(execution_duration or 0)
+        destruction = update.destruction
+        if not isinstance(destruction, Unset):
+            require_destruction_change(destruction, _now())
+            destruction = self.clamp_destruction(destruction, record.creation_time)
+        clamped = JobUpdate(execution_duration=execution_duration, destruction=destruction)
+        return self.backend.update(job_id, clamped)
 
     def clamp_execution_duration(self, seconds: int) -> int | None:
         """The execution duration a request for ``seconds`` (0 = unlimited) gets.
@@ -151,10 +174,7 @@ class JobService:
         With ``max_execution_duration`` set, more than it, or unlimited, becomes the maximum.
         Unlimited is kept as None.
         """
-        limit = self.settings.max_execution_duration
-        if limit and (seconds <= 0 or seconds > limit):
-            seconds = limit
-        return seconds if seconds > 0 else None
+        return clamp_execution_duration(seconds, self.settings.max_execution_duration)
 
     def clamp_destruction(self, when: datetime | None, created: datetime) -> datetime | None:
         """The destruction time a request for ``when`` (None = never) gets, to the second.
@@ -162,28 +182,15 @@ class JobService:
         With ``max_destruction_seconds`` set, never or later than creation plus the maximum
         becomes creation plus the maximum.
         """
-        limit = self.settings.max_destruction_seconds
-        if limit:
-            latest = created + timedelta(seconds=limit)
-            if when is None or when > latest:
-                when = latest
-        return None if when is None else when.astimezone(UTC).replace(microsecond=0)
+        return clamp_destruction(when, created, self.settings.max_destruction_seconds)
 
     def set_execution_duration(self, job_id: str, caller: Caller, seconds: int) -> JobRecord:
         """UWS ``EXECUTIONDURATION``: clamped; only before the job runs (409 otherwise)."""
-        self.get_job(job_id, caller)
-        update = JobUpdate(execution_duration=self.clamp_execution_duration(seconds))
-        return self.backend.update(job_id, update)
+        return self.update_job(job_id, caller, JobUpdate(execution_duration=seconds))
 
     def set_destruction(self, job_id: str, caller: Caller, when: datetime) -> JobRecord:
-        """UWS ``DESTRUCTION``: clamped; the job is removed at that time.
-
-        A time already past is refused (400): a skewed client clock must not destroy a job.
-        """
-        record = self.get_job(job_id, caller)
-        _require_future(when)
-        update = JobUpdate(destruction=self.clamp_destruction(when, record.creation_time))
-        return self.backend.update(job_id, update)
+        """UWS ``DESTRUCTION``: clamped; the job is removed at that time (400 if past)."""
+        return self.update_job(job_id, caller, JobUpdate(destruction=when))
 
     def destroy_expired(self) -> list[str]:
         """Remove every job past its destruction time with its results; their ids.
@@ -209,7 +216,7 @@ class JobService:
     ) -> JobRecord:
         """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given)."""
         record = self.get_job(job_id, caller)
-        if record.phase not in WAITABLE_PHASES or (phase is not None and record.phase != phase):
+        if not may_wait(record, phase):
             return record
         cap = float(self.settings.wait_max_seconds)
         seconds = cap if timeout < 0 else min(timeout, cap)
@@ -271,11 +278,6 @@ class JobService:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _require_future(when: datetime) -> None:
-    if when <= _now():
-        raise InvalidRequestError("The destruction time must be in the future")
 
 
 def _destroyed(record: JobRecord, now: datetime) -> bool:

@@ -24,9 +24,9 @@ from typing import IO
 
 from ..config import Settings
 from ..conventions import ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME, archive_key, job_prefix
-from ..errors import BackendUnavailableError, JobNotFoundError, PhaseConflictError
+from ..errors import BackendUnavailableError, JobNotFoundError
 from ..jobenv import job_environment
-from ..models import ACTIVE_PHASES, JobRecord, Phase, ResultFile, utcnow
+from ..models import JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
@@ -181,7 +181,7 @@ class LocalBackend(InMemoryRecords):
             return record.model_copy(deep=True)
 
     def start(self, job_id: str) -> JobRecord:
-        """PENDING -> QUEUED; a job already on its way is left as it is."""
+        """PENDING -> QUEUED (the service has checked that the job may start)."""
         with self._lock:
             record = self._require(job_id)
             if queue_pending(record):
@@ -190,19 +190,21 @@ class LocalBackend(InMemoryRecords):
             return record.model_copy(deep=True)
 
     def abort(self, job_id: str, reason: str = "") -> JobRecord:
-        """Stop a job; a running one gets SIGTERM, then SIGKILL after the grace period."""
+        """Stop a job; a running one gets SIGTERM, then SIGKILL after the grace period.
+
+        The service has checked that the job may abort; one that ended meanwhile is left
+        as it ended.
+        """
         with self._lock:
             record = self._require(job_id)
-            if record.phase not in ACTIVE_PHASES:
-                raise PhaseConflictError(f"Job {job_id} is {record.phase.value}; it cannot abort")
             run = self._runs.get(job_id)
-            if run is None:
+            if run is None and not record.is_final:
                 record.phase = Phase.ABORTED
                 record.end_time = utcnow()
                 record.error_message = reason or "Aborted before it started."
                 self._save(record)
                 self._archive(record)
-            elif not run.succeeded:  # else too late: its results are being uploaded
+            elif run is not None and not run.succeeded:  # else too late: results uploading
                 run.abort_reason = reason or "Aborted by request."
                 self._signal_run(run)
             return record.model_copy(deep=True)
@@ -229,14 +231,10 @@ class LocalBackend(InMemoryRecords):
         self.store.delete_prefix(job_prefix(job_id))
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
-        """Set execution duration (before it runs) or destruction time."""
+        """Set execution duration or destruction time, as the service has checked them."""
         with self._lock:
             record = self._require(job_id)
             if not isinstance(update.execution_duration, Unset):
-                if record.phase not in (Phase.PENDING, Phase.QUEUED, Phase.HELD):
-                    raise PhaseConflictError(
-                        f"Job {job_id} is {record.phase.value}; its execution duration is fixed"
-                    )
                 record.execution_duration = update.execution_duration
             if not isinstance(update.destruction, Unset):
                 record.destruction = update.destruction

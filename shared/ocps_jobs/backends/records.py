@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from ..errors import JobNotFoundError, PhaseConflictError
+from ..errors import JobNotFoundError
 from ..models import JobRecord, Phase
 
 __all__ = ["InMemoryRecords", "queue_pending"]
@@ -40,10 +40,11 @@ class InMemoryRecords:
 
 
 def queue_pending(record: JobRecord) -> bool:
-    """PENDING becomes QUEUED (True); QUEUED or EXECUTING stay (False); any other conflicts."""
+    """PENDING becomes QUEUED (True); any other phase is left as it is (False).
+
+    Whether the job may start is the service's to check (``transitions.start_needed``).
+    """
     if record.phase is Phase.PENDING:
         record.phase = Phase.QUEUED
         return True
-    if record.phase not in (Phase.QUEUED, Phase.EXECUTING):
-        raise PhaseConflictError(f"Job {record.job_id} is {record.phase.value}; it cannot run")
     return False
