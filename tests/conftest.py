@@ -13,9 +13,9 @@ import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
+from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service, create_embedded_app
-from ocps_jobs.http.app import close_services
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.service import JobService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
+from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http import create_embedded_app
 
 
 def make_client(tmp_path: Path, origins: frozenset[str]):

@@ -24,8 +24,9 @@ import requests
 from flask.testing import FlaskClient
 
 from ocps_jobs.backends import local
+from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.service import JobService
 from ocps_jobs.sidecar import Uploader
 from tests.chaos import ServeProcess

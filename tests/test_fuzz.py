@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 from schemathesis import checks
 from schemathesis.generation.modes import GenerationMode
 
+from ocps_jobs.composition import build_service, build_store
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import output_key
-from ocps_jobs.http import build_service, create_embedded_app
-from ocps_jobs.http.app import build_store
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import (
     Caller,
     JobParameters,

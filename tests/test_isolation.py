@@ -22,9 +22,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from ocps_jobs.backends.local import LocalBackend
+from ocps_jobs.composition import build_service, build_store
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service, create_embedded_app
-from ocps_jobs.http.app import build_store
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.service import JobService
 from tests.helpers import wait_for_phase
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -13,10 +14,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from ocps_jobs.backends import JobUpdate
+from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service, create_embedded_app
-from ocps_jobs.http.app import close_services
-from ocps_jobs.models import Caller, JobRequest, Phase
+from ocps_jobs.errors import InvalidRequestError, PhaseConflictError
+from ocps_jobs.http import create_embedded_app
+from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService
 from tests.helpers import git, make_pipeline_repo, wait_for_phase, wait_until
 
@@ -318,3 +320,65 @@ def test_records_survive_a_restart(
     assert interrupted["phase"] == "aborted"
     assert "shut down" in interrupted["errorSummary"]["message"]
     assert {job["jobId"] for job in restarted.get("/api/v1/job").get_json()} == {done, running}
+
+
+def test_a_job_in_phase_unknown_may_abort(settings: Settings, service: JobService) -> None:
+    """The one abort rule: refused only once final; ``unknown`` may still run, so it stops."""
+    record = service.create_job(JobRequest(command="true"), ANYONE, start=False)
+    close_services()
+    state = settings.data_dir / "state" / "jobs" / f"{record.job_id}.json"
+    stored = JobRecord.model_validate_json(state.read_text())
+    stored.phase = Phase.UNKNOWN
+    state.write_text(stored.model_dump_json())
+
+    restarted = build_service(settings)
+    assert restarted.get_job(record.job_id, ANYONE).phase is Phase.UNKNOWN
+    aborted = restarted.abort_job(record.job_id, ANYONE)
+    assert aborted.phase is Phase.ABORTED
+    assert restarted.get_job(record.job_id, ANYONE).phase is Phase.ABORTED
+
+
+def test_a_finished_job_refuses_abort_start_and_duration_and_stays_as_it_ended(
+    service: JobService, client: FlaskClient
+) -> None:
+    job_id = submit(client, command="true")
+    assert finish(client, job_id)["phase"] == "completed"
+    for change in (
+        lambda: service.abort_job(job_id, ANYONE),
+        lambda: service.start_job(job_id, ANYONE),
+        lambda: service.update_job(job_id, ANYONE, JobUpdate(execution_duration=5)),
+    ):
+        with pytest.raises(PhaseConflictError):
+            change()
+    record = service.get_job(job_id, ANYONE)
+    assert record.phase is Phase.COMPLETED
+    assert record.execution_duration is None
+
+
+def test_update_job_applies_the_limits_as_the_uws_setters_do(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        data_dir=tmp_path / "limits", max_execution_duration=60, max_destruction_seconds=3600
+    )
+    service = build_service(settings)
+    record = service.create_job(JobRequest(command="true"), ANYONE, start=False)
+    latest = record.creation_time + timedelta(seconds=3600)
+
+    unlimited = service.update_job(record.job_id, ANYONE, JobUpdate(execution_duration=None))
+    assert unlimited.execution_duration == 60
+    longer = service.update_job(record.job_id, ANYONE, JobUpdate(execution_duration=600))
+    assert longer.execution_duration == 60
+    never = service.update_job(record.job_id, ANYONE, JobUpdate(destruction=None))
+    assert never.destruction == latest
+    later = datetime.now(UTC) + timedelta(days=30)
+    assert service.update_job(record.job_id, ANYONE, JobUpdate(destruction=later)).destruction == (
+        latest
+    )
+    with pytest.raises(InvalidRequestError):
+        service.update_job(
+            record.job_id, ANYONE, JobUpdate(destruction=datetime.now(UTC) - timedelta(hours=1))
+        )
+    kept = service.get_job(record.job_id, ANYONE)
+    assert (kept.execution_duration, kept.destruction) == (60, latest)
+    # The UWS setters answer the same.
+    assert service.set_execution_duration(record.job_id, ANYONE, 0).execution_duration == 60
+    assert service.set_destruction(record.job_id, ANYONE, later).destruction == latest

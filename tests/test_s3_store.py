@@ -13,9 +13,10 @@ from botocore.config import Config
 from flask.testing import FlaskClient
 from minio import Minio
 
+from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
 from ocps_jobs.errors import BackendUnavailableError
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.objectstore.s3 import S3Store
 from ocps_jobs.sidecar import Uploader
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY

@@ -18,9 +18,10 @@ from flask.testing import FlaskClient
 from lxml import etree
 from pyvo.io.uws import parse_job, parse_job_list
 
+from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
 from ocps_jobs.errors import JobNotFoundError
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, Phase
 from ocps_jobs.service import JobService
 from tests.conftest import REPO_ROOT

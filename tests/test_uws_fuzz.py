@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
+from ocps_jobs.composition import build_store
 from ocps_jobs.config import Settings
 from ocps_jobs.http import create_embedded_app
-from ocps_jobs.http.app import build_store
 from ocps_jobs.service import JobService
 from tests.recording import RecordingBackend
 

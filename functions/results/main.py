@@ -1,30 +1,14 @@
 """Knative function results: result listings and downloads."""
 
-import flask
 import functions_framework
 from flask import Request, Response
-from werkzeug.exceptions import HTTPException
 
-from ocps_jobs.errors import OCPSError
-from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, render_error
+from ocps_jobs.http import function_dispatcher
 
-# Settings are read on the first request, not here at import.
-_dispatch = FunctionApp(FUNCTION_ROUTES["results"])
+_dispatch = function_dispatcher("results")
 
 
 @functions_framework.http
 def results(request: Request) -> Response:
     """Parse, call one service method, render."""
     return _dispatch(request)
-
-
-@functions_framework.errorhandler(OCPSError)  # type: ignore[untyped-decorator]
-def ocps_error(error: OCPSError) -> Response:
-    """Render any error that escaped the dispatcher as the JSON error body."""
-    return render_error(error)
-
-
-@functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
-def unrouted(error: HTTPException) -> Response:
-    """A path Flask's own router refuses (a newline in it) still gets the dispatcher's answer."""
-    return _dispatch(flask.request)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .client import ClientError, InvalidArgumentError, OCPSClient, WaitTimeoutError
 from .errors import OCPSError, SettingsError
+from .models import JOB_PARAMETERS, JobParameter, ParameterKind
 from .resultids import decode_result_id
 
 __all__ = ["main"]
@@ -33,6 +34,35 @@ def _positive_seconds(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
+
+
+def _destination(parameter: JobParameter) -> str:
+    """Where argparse keeps a job parameter (``job_`` first: ``--url`` is the service's)."""
+    return f"job_{parameter.name}"
+
+
+def _add_parameter(submit: argparse.ArgumentParser, parameter: JobParameter) -> None:
+    """The ``submit`` argument of one job parameter, as ``JOB_PARAMETERS`` spells it."""
+    help_text = (parameter.description or f"default {parameter.default}").replace("%", "%%")
+    if not parameter.cli.startswith("-"):
+        submit.add_argument(_destination(parameter), metavar=parameter.cli, help=help_text)
+    elif parameter.kind is ParameterKind.ENVIRONMENT:
+        submit.add_argument(
+            parameter.cli,
+            dest=_destination(parameter),
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=help_text + " (repeatable)",
+        )
+    else:
+        submit.add_argument(
+            parameter.cli,
+            dest=_destination(parameter),
+            type=int if parameter.kind is ParameterKind.INTEGER else str,
+            metavar=parameter.name.upper(),
+            help=help_text,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,11 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         return command
 
     submit = client_command("submit", "create a job")
-    submit.add_argument("job_command", metavar="COMMAND", help="run as /bin/bash -c COMMAND")
-    submit.add_argument("--run-id")
-    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    submit.add_argument("--git-url", help="repository cloned into $JOB_SOURCE_DIR")
-    submit.add_argument("--commit-ref", help="branch, tag or commit to check out")
+    for parameter in JOB_PARAMETERS:
+        _add_parameter(submit, parameter)
     submit.add_argument("--wait", action="store_true", help="wait until it finishes")
 
     listing = client_command("list", "list jobs")
@@ -120,8 +147,9 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 def _serve(args: argparse.Namespace) -> int:
     from waitress.server import TcpWSGIServer, create_server
 
+    from .composition import build_service
     from .config import Settings
-    from .http import build_service, create_embedded_app
+    from .http import create_embedded_app
 
     settings = Settings.from_env(
         data_dir=args.data_dir,
@@ -189,8 +217,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sweep() -> int:
+    from .composition import build_service
     from .config import Settings
-    from .http import build_service
 
     settings = Settings.from_env()
     if settings.backend == "local":
@@ -283,23 +311,31 @@ def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
     return written
 
 
+def _submission(
+    args: argparse.Namespace,
+) -> tuple[str, list[tuple[str, str]], dict[str, str | int | None]]:
+    """``submit``'s command, environment and other job parameters, as ``client.submit`` takes."""
+    command, environment, parameters = "", [], {}
+    for parameter in JOB_PARAMETERS:
+        value = getattr(args, _destination(parameter))
+        if parameter.required:
+            command = value
+        elif parameter.kind is ParameterKind.ENVIRONMENT:
+            for entry in value:
+                name, separator, text = entry.partition("=")
+                if not separator:
+                    raise InvalidArgumentError(f"{parameter.cli} expects NAME=VALUE, got {entry!r}")
+                environment.append((name, text))
+        else:
+            parameters[parameter.name] = value
+    return command, environment, parameters
+
+
 def _run_client(args: argparse.Namespace) -> int:
     with OCPSClient(args.url, token=args.token) as client:
         if args.command == "submit":
-            environment = []
-            for entry in args.env:
-                name, separator, value = entry.partition("=")
-                if not separator:
-                    print(f"--env expects NAME=VALUE, got {entry!r}", file=sys.stderr)
-                    return EXIT_USAGE
-                environment.append((name, value))
-            job = client.submit(
-                args.job_command,
-                run_id=args.run_id,
-                environment=environment,
-                url=args.git_url,
-                commit_ref=args.commit_ref,
-            )
+            command, environment, parameters = _submission(args)
+            job = client.submit(command, environment=environment, **parameters)
             if args.wait:
                 job = client.wait(job["jobId"])
             _emit(args, job, _jobs_table([job]))

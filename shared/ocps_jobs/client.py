@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import httpx
 
+from .models import JOB_PARAMETERS, ParameterKind
+
 __all__ = [
     "FINISHED_PHASES",
     "ClientError",
@@ -17,6 +19,13 @@ __all__ = [
     "OCPSClient",
     "WaitTimeoutError",
 ]
+
+# The keyword parameters of submit, with their defaults: all but command and environment.
+_OPTIONAL_PARAMETERS = {
+    parameter.name: parameter.default
+    for parameter in JOB_PARAMETERS
+    if not parameter.required and parameter.kind is not ParameterKind.ENVIRONMENT
+}
 
 # The CSC's notion of finished: it stops waiting on these.
 FINISHED_PHASES = frozenset({"completed", "error", "aborted", "unknown", "archived"})
@@ -100,23 +109,26 @@ class OCPSClient:
         self,
         command: str,
         *,
-        run_id: str | None = None,
         environment: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-        url: str | None = None,
-        commit_ref: str | None = None,
-        replicas: int = 1,
+        **parameters: str | int | None,
     ) -> dict[str, Any]:
-        """Create a job; the job object."""
+        """Create a job; the job object.
+
+        ``parameters`` are the other job parameters by their JSON names (``JOB_PARAMETERS``:
+        ``run_id``, ``url``, ``commit_ref``, ``replicas``, ...); one left None, empty or at
+        its default is not sent.
+        """
+        unknown = sorted(set(parameters) - _OPTIONAL_PARAMETERS.keys())
+        if unknown:
+            raise InvalidArgumentError(f"Unknown job parameter(s): {', '.join(unknown)}")
         pairs = environment.items() if isinstance(environment, Mapping) else environment
         body: dict[str, Any] = {
             "command": command,
             "environment": [{"name": name, "value": value} for name, value in pairs],
         }
-        for key, value in (("run_id", run_id), ("url", url), ("commit_ref", commit_ref)):
-            if value:
-                body[key] = value
-        if replicas != 1:
-            body["replicas"] = replicas
+        for name, value in parameters.items():
+            if value is not None and value != "" and value != _OPTIONAL_PARAMETERS[name]:
+                body[name] = value
         result: dict[str, Any] = self._request("PUT", "/job", json=body)
         return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,17 +23,21 @@ from .conventions import RESERVED_ENV_NAMES
 __all__ = [
     "ACTIVE_PHASES",
     "FINAL_PHASES",
+    "JOB_PARAMETERS",
     "Caller",
     "DeleteResponse",
     "EnvironmentVariable",
     "ErrorBody",
     "JobDocument",
+    "JobParameter",
     "JobParameters",
     "JobRecord",
     "JobRequest",
+    "ParameterKind",
     "Phase",
     "ResultFile",
     "ResultReference",
+    "Spelled",
     "format_seed_time",
     "utcnow",
 ]
@@ -154,6 +159,42 @@ class EnvironmentVariable(BaseModel):
         return "" if value is None else value
 
 
+class ParameterKind(enum.StrEnum):
+    """How a job parameter travels where JSON has no type: in a UWS form, on the command line."""
+
+    TEXT = "text"
+    INTEGER = "integer"
+    ENVIRONMENT = "environment"  # name/value pairs: ``env NAME=value`` and a JSON array
+
+
+@dataclass(frozen=True)
+class Spelled:
+    """A job parameter's names outside JSON, given with its field of ``JobRequest``.
+
+    ``uws`` is its UWS name (matched in any case); ``cli`` the ``ocps-jobs submit`` option,
+    or a positional argument's metavar when it does not start with ``-``; ``kept`` False
+    for one the record keeps outside ``JobParameters`` (the run id).
+    """
+
+    uws: str
+    cli: str
+    kept: bool = True
+
+
+@dataclass(frozen=True)
+class JobParameter:
+    """One job parameter as every interface reads it, derived from ``JobRequest``."""
+
+    name: str
+    kind: ParameterKind
+    uws: str
+    cli: str
+    kept: bool
+    required: bool
+    default: Any
+    description: str
+
+
 class JobRequest(BaseModel):
     """The body of ``PUT /api/v1/job``, as the OCPS CSC sends it."""
 
@@ -169,6 +210,7 @@ class JobRequest(BaseModel):
             "in UTF-8.",
         ),
         _utf8_at_most(MAX_COMMAND_LENGTH),
+        Spelled(uws="command", cli="COMMAND"),
     ]
     run_id: Annotated[
         str | None,
@@ -177,10 +219,12 @@ class JobRequest(BaseModel):
             pattern=_PRINTABLE_LINE,
             description="Free-form identifier for the client; defaults to the job id.",
         ),
+        Spelled(uws="RUNID", cli="--run-id", kept=False),
     ] = None
     environment: Annotated[
         list[EnvironmentVariable],
         Field(max_length=MAX_ENV_ENTRIES, description="Variables added after the system ones."),
+        Spelled(uws="environment", cli="--env"),
     ] = []
     url: Annotated[
         str | None,
@@ -190,6 +234,7 @@ class JobRequest(BaseModel):
             pattern=r"^([^\x00-\x20\x7f\-][^\x00-\x20\x7f]*)?$",
             description="Git repository cloned into `$JOB_SOURCE_DIR` before the command runs.",
         ),
+        Spelled(uws="url", cli="--git-url"),
     ] = None
     commit_ref: Annotated[
         str | None,
@@ -198,9 +243,13 @@ class JobRequest(BaseModel):
             pattern=r"^([^\x00-\x20\x7f~^:?*\[\\\-][^\x00-\x20\x7f~^:?*\[\\]*)?$",
             description="Branch, tag or commit checked out after the clone.",
         ),
+        Spelled(uws="commit_ref", cli="--commit-ref"),
     ] = None
     replicas: Annotated[
-        int, Field(ge=1, le=MAX_REPLICAS, strict=True), BeforeValidator(_integral_number)
+        int,
+        Field(ge=1, le=MAX_REPLICAS, strict=True),
+        BeforeValidator(_integral_number),
+        Spelled(uws="replicas", cli="--replicas"),
     ] = 1
 
     @field_validator("run_id", "url", "commit_ref", mode="before")
@@ -219,8 +268,39 @@ class JobRequest(BaseModel):
         return value
 
 
+def _declared_parameters(model: type[BaseModel]) -> tuple[JobParameter, ...]:
+    """The job parameters: the fields of ``model`` with their ``Spelled`` names."""
+    declared = []
+    for name, field in model.model_fields.items():
+        (spelled,) = [item for item in field.metadata if isinstance(item, Spelled)]
+        if field.annotation is int:
+            kind = ParameterKind.INTEGER
+        elif "list" in str(field.annotation):
+            kind = ParameterKind.ENVIRONMENT
+        else:
+            kind = ParameterKind.TEXT
+        declared.append(
+            JobParameter(
+                name=name,
+                kind=kind,
+                uws=spelled.uws,
+                cli=spelled.cli,
+                kept=spelled.kept,
+                required=field.is_required(),
+                default=None if field.is_required() else field.default,
+                description=field.description or "",
+            )
+        )
+    return tuple(declared)
+
+
+# Every job parameter, in JobRequest's order: JSON and UWS parsing, the OpenAPI document,
+# the client's submit and the CLI all read them from here.
+JOB_PARAMETERS = _declared_parameters(JobRequest)
+
+
 class JobParameters(BaseModel):
-    """What the caller asked for, kept verbatim with the job."""
+    """What the caller asked for, kept verbatim with the job: the parameters ``kept``."""
 
     command: str
     environment: list[EnvironmentVariable] = []
@@ -231,13 +311,8 @@ class JobParameters(BaseModel):
     @classmethod
     def from_request(cls, request: JobRequest) -> JobParameters:
         """The parameters of a validated request, as the job keeps them."""
-        return cls(
-            command=request.command,
-            environment=request.environment,
-            url=request.url,
-            commit_ref=request.commit_ref,
-            replicas=request.replicas,
-        )
+        kept = {item.name for item in JOB_PARAMETERS if item.kept}
+        return cls.model_validate(request.model_dump(include=kept))
 
 
 class ResultFile(BaseModel):

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
-from ocps_jobs.http import build_service
 from ocps_jobs.service import JobService
 from tests.conftest import REPO_ROOT
 

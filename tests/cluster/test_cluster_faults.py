@@ -22,7 +22,8 @@ import pytest
 import yaml
 from flask.testing import FlaskClient
 
-from ocps_jobs.http import build_service, create_embedded_app
+from ocps_jobs.composition import build_service
+from ocps_jobs.http import create_embedded_app
 from tests.cluster.conftest import ControlPlane, cluster_settings
 from tests.faults import TcpProxy
 from tests.helpers import wait_until

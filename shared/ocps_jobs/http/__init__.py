@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .app import FUNCTION_ROUTES, FunctionApp, build_service, create_embedded_app
+from .app import FUNCTION_ROUTES, FunctionApp, create_embedded_app
+from .functions import function_dispatcher
 from .render import render_error
 
-__all__ = ["FUNCTION_ROUTES", "FunctionApp", "build_service", "create_embedded_app", "render_error"]
+__all__ = [
+    "FUNCTION_ROUTES",
+    "FunctionApp",
+    "create_embedded_app",
+    "function_dispatcher",
+    "render_error",
+]

@@ -1,4 +1,4 @@
-"""Wiring: settings to store, backend and service; a dispatcher per function; the embedded app."""
+"""A dispatcher per function over its route table, and the embedded app with all three."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from collections.abc import Callable, Sequence
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
-from ..backends import JobBackend
+from ..composition import build_service
 from ..config import Settings
 from ..errors import OCPSError
 from ..models import Caller
-from ..objectstore import ObjectStore
 from ..service import JobService
 from .auth import Authenticator
 from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
@@ -22,14 +21,7 @@ from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
 from .uws_xml import render_uws_error
 
-__all__ = [
-    "FUNCTION_ROUTES",
-    "FunctionApp",
-    "build_service",
-    "build_store",
-    "close_services",
-    "create_embedded_app",
-]
+__all__ = ["FUNCTION_ROUTES", "FunctionApp", "create_embedded_app", "render_error_for"]
 
 log = logging.getLogger(__name__)
 
@@ -48,57 +40,6 @@ def render_error_for(path: str, error: OCPSError) -> Response:
 
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-
-
-def build_store(settings: Settings) -> ObjectStore:
-    """S3 when an endpoint is configured (or on Kubernetes), else a folder under the data dir."""
-    if settings.s3_endpoint or settings.backend == "kubernetes":
-        from ..objectstore.s3 import S3Store
-
-        return S3Store(settings.bucket, settings.s3_endpoint, settings.s3_region)
-    from ..objectstore.filesystem import FilesystemStore
-
-    return FilesystemStore(settings.data_dir / "objects" / settings.bucket)
-
-
-def build_backend(settings: Settings, store: ObjectStore) -> JobBackend:
-    """The configured backend."""
-    if settings.backend == "kubernetes":
-        from ..backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend(settings, store)
-    from ..backends.local import LocalBackend
-
-    return LocalBackend(settings, store)
-
-
-_services: dict[str, JobService] = {}
-_services_lock = threading.Lock()
-
-
-def build_service(settings: Settings) -> JobService:
-    """The service for these settings, one per process.
-
-    Functions loaded into one process (the embedded server, in-process tests) share it,
-    so that one local executor and one record cache serve all three.
-    """
-    key = settings.model_dump_json()
-    with _services_lock:
-        if key not in _services:
-            store = build_store(settings)
-            if settings.backend == "local":
-                store.ensure_ready()
-            _services[key] = JobService(settings, build_backend(settings, store), store)
-        return _services[key]
-
-
-def close_services() -> None:
-    """Close every service of this process (tests, server shutdown)."""
-    with _services_lock:
-        services = list(_services.values())
-        _services.clear()
-    for service in services:
-        service.close()
 
 
 class FunctionApp:

@@ -3,11 +3,12 @@
 Parameter names are case-insensitive; values come from the query string and, on POST,
 from form fields (``application/x-www-form-urlencoded`` or ``multipart/form-data``).
 
-Creating a job (``POST /uws/async``) takes ``command`` (required), ``url``,
-``commit_ref``, ``RUNID``, ``replicas``, and environment variables either as repeated
-``env`` fields ``NAME=value`` (split at the first ``=``) or as one ``environment`` field
-holding the JSON array ``[{"name": ..., "value": ...}]`` the JSON API takes (both may be
-given: the array's entries come first). Also ``PHASE=RUN`` (queue at once),
+Creating a job (``POST /uws/async``) takes the job parameters (``JOB_PARAMETERS``) by
+their UWS names: ``command`` (required), ``RUNID``, ``url``, ``commit_ref``, ``replicas``,
+and environment variables either as repeated ``env`` fields ``NAME=value`` (split at the
+first ``=``) or as one ``environment`` field holding the JSON array
+``[{"name": ..., "value": ...}]`` the JSON API takes (both may be given: the array's
+entries come first). Also ``PHASE=RUN`` (queue at once),
 ``EXECUTIONDURATION`` and ``DESTRUCTION``. Any other name is refused with 400, so a
 misspelt parameter is not silently dropped; the request is validated by ``JobRequest``.
 
@@ -30,7 +31,7 @@ from flask import Response
 from pydantic import ValidationError
 
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
-from ..models import JobRequest, Phase
+from ..models import JOB_PARAMETERS, JobRequest, ParameterKind, Phase
 from ..service import ListQuery
 from .parsing import (
     FORM_TYPES,
@@ -42,6 +43,7 @@ from .parsing import (
 )
 from .routing import Context, Route
 from .uws_xml import (
+    ENV_ENTRY,
     job_document,
     job_list_document,
     parameters_document,
@@ -59,8 +61,17 @@ JOB = ASYNC + "/{job_id}"
 # How long ``PHASE=ABORT`` waits for the job to reach ABORTED before the 303.
 ABORT_WAIT_SECONDS = 30.0
 
-_CREATION_FIELDS = {"command": "command", "url": "url", "commit_ref": "commit_ref"}
-_CREATION_CONTROLS = frozenset({"phase", "executionduration", "destruction"})
+# The creation fields by lower-cased name, each with its spelling in messages.
+_CREATION_NAMES = {
+    spelling.lower(): spelling
+    for parameter in JOB_PARAMETERS
+    for spelling in (
+        [parameter.uws, ENV_ENTRY]
+        if parameter.kind is ParameterKind.ENVIRONMENT
+        else [parameter.uws]
+    )
+}
+_CREATION_CONTROLS = {name.lower(): name for name in ("PHASE", "EXECUTIONDURATION", "DESTRUCTION")}
 _DURATION = re.compile(r"^\+?([0-9]{1,10}(\.[0-9]*)?|\.[0-9]+)$")
 # executionDuration is an xs:int in UWS.xsd.
 MAX_DURATION = 2**31 - 1
@@ -138,54 +149,49 @@ def parse_time(text: str, name: str) -> datetime:
         ) from None
 
 
-def _environment(params: Params) -> list[Any]:
+def _environment(params: Params, name: str) -> list[Any]:
+    """The JSON array of field ``name``, then each ``env`` entry."""
     entries: list[Any] = []
-    text = _one(params, "environment")
+    text = _one(params, name)
     if text is not None and text.strip():
         try:
             entries = json.loads(text)
         except (ValueError, RecursionError):
             raise InvalidRequestError(
-                "environment must be a JSON array of {name, value} objects"
+                f"{name} must be a JSON array of {{name, value}} objects"
             ) from None
         if not isinstance(entries, list):
-            raise InvalidRequestError("environment must be a JSON array of {name, value} objects")
-    for item in params.get("env", []):
-        name, separator, value = item.partition("=")
+            raise InvalidRequestError(f"{name} must be a JSON array of {{name, value}} objects")
+    for item in params.get(ENV_ENTRY, []):
+        variable, separator, value = item.partition("=")
         if not separator:
-            raise InvalidRequestError(f"env must be NAME=value, not {item[:64]!r}")
-        entries.append({"name": name, "value": value})
+            raise InvalidRequestError(f"{ENV_ENTRY} must be NAME=value, not {item[:64]!r}")
+        entries.append({"name": variable, "value": value})
     return entries
 
 
 def _job_request(params: Params) -> JobRequest:
-    unknown = sorted(
-        set(params)
-        - set(_CREATION_FIELDS)
-        - _CREATION_CONTROLS
-        - {"runid", "replicas", "environment", "env"}
-    )
+    """The job parameters (``JOB_PARAMETERS``, by their UWS names) validated as a request."""
+    unknown = sorted(set(params) - set(_CREATION_NAMES) - set(_CREATION_CONTROLS))
     if unknown:
         names = ", ".join(name[:40] for name in unknown[:5])
-        raise InvalidRequestError(
-            f"Unknown job parameter(s): {names}; accepted are command, url, commit_ref, "
-            "RUNID, replicas, env, environment, PHASE, EXECUTIONDURATION, DESTRUCTION"
-        )
+        accepted = ", ".join([*_CREATION_NAMES.values(), *_CREATION_CONTROLS.values()])
+        raise InvalidRequestError(f"Unknown job parameter(s): {names}; accepted are {accepted}")
     payload: dict[str, Any] = {}
-    for name, field in _CREATION_FIELDS.items():
-        value = _one(params, name)
-        if value is not None:
-            payload[field] = value
-    run_id = _one(params, "runid")
-    if run_id is not None:
-        payload["run_id"] = run_id
-    replicas = _one(params, "replicas")
-    if replicas is not None:
-        count = parse_natural(replicas)
-        if count is None:
-            raise InvalidRequestError("replicas must be a positive integer")
-        payload["replicas"] = count
-    payload["environment"] = _environment(params)
+    for parameter in JOB_PARAMETERS:
+        if parameter.kind is ParameterKind.ENVIRONMENT:
+            payload[parameter.name] = _environment(params, parameter.uws.lower())
+            continue
+        value = _one(params, parameter.uws.lower())
+        if value is None:
+            continue
+        if parameter.kind is ParameterKind.INTEGER:
+            number = parse_natural(value)
+            if number is None:
+                raise InvalidRequestError(f"{parameter.uws} must be a positive integer")
+            payload[parameter.name] = number
+        else:
+            payload[parameter.name] = value
     try:
         return JobRequest.model_validate(payload)
     except ValidationError as error:

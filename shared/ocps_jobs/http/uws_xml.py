@@ -11,10 +11,11 @@ from flask import Response
 
 from ..conventions import output_prefix
 from ..errors import AuthenticationRequiredError, MethodNotAllowedError, OCPSError
-from ..models import JobRecord, Phase, ResultFile
+from ..models import JOB_PARAMETERS, JobRecord, ParameterKind, Phase, ResultFile
 from ..resultids import encode_result_id
 
 __all__ = [
+    "ENV_ENTRY",
     "UWS_NS",
     "UWS_VERSION",
     "job_document",
@@ -33,6 +34,8 @@ XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 UWS_VERSION = "1.1"
 XML_TYPE = "text/xml"
 TEXT_TYPE = "text/plain"
+# One environment variable as a UWS parameter, ``NAME=value``: read at creation, shown after.
+ENV_ENTRY = "env"
 
 # pyvo reads attributes by their literal prefixed names (``xlink:href``), so the prefixes
 # are fixed. Registering a prefix is idempotent process state, not configuration.
@@ -130,18 +133,20 @@ def results_element(record: JobRecord, results: list[ResultFile], download_base:
 def parameters_element(record: JobRecord) -> ET.Element:
     """``<uws:parameters>``: what the job was created with, by the UWS creation names.
 
-    ``command``, ``url`` and ``commit_ref`` when set, ``replicas`` when not 1, and one
-    ``env`` parameter ``NAME=value`` per environment variable the caller gave, in order.
+    Each kept job parameter (``JOB_PARAMETERS``) that is set and not its default, in their
+    order, then one ``env`` parameter ``NAME=value`` per variable the caller gave, in order.
     """
-    parameters = record.parameters
-    values: list[tuple[str, str]] = [("command", parameters.command)]
-    if parameters.url is not None:
-        values.append(("url", parameters.url))
-    if parameters.commit_ref is not None:
-        values.append(("commit_ref", parameters.commit_ref))
-    if parameters.replicas != 1:
-        values.append(("replicas", str(parameters.replicas)))
-    values.extend(("env", f"{entry.name}={entry.value}") for entry in parameters.environment)
+    values: list[tuple[str, str]] = []
+    entries: list[tuple[str, str]] = []
+    for declared in JOB_PARAMETERS:
+        if not declared.kept:
+            continue
+        value = getattr(record.parameters, declared.name)
+        if declared.kind is ParameterKind.ENVIRONMENT:
+            entries.extend((ENV_ENTRY, f"{entry.name}={entry.value}") for entry in value)
+        elif value is not None and (declared.required or value != declared.default):
+            values.append((declared.uws, str(value)))
+    values.extend(entries)
     element = ET.Element(_uws("parameters"))
     for name, value in values:
         parameter = ET.SubElement(element, _uws("parameter"), {"id": name})
