@@ -21,6 +21,7 @@ from .render import render_error
 from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
 from .uws_xml import render_uws_error
+from .web import WEB_CREATE_JOB_ROUTES, WEB_QUERY_JOB_ROUTES
 
 __all__ = [
     "FUNCTION_ROUTES",
@@ -34,8 +35,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FUNCTION_ROUTES: dict[str, list[Route]] = {
-    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES],
-    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES],
+    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES, *WEB_CREATE_JOB_ROUTES],
+    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES, *WEB_QUERY_JOB_ROUTES],
     "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES],
 }
 
@@ -190,6 +191,8 @@ def create_embedded_app(service: JobService) -> Flask:
             *UWS_RESULTS_ROUTES,
             *UWS_CREATE_JOB_ROUTES,
             *UWS_QUERY_JOB_ROUTES,
+            *WEB_CREATE_JOB_ROUTES,
+            *WEB_QUERY_JOB_ROUTES,
         ],
         service_factory=lambda: service,
     )
