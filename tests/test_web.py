@@ -244,3 +244,17 @@ def test_the_job_long_poll_answers_when_the_phase_changes(quick: FlaskClient) ->
     body = change.get_json()
     assert body["phase"] == "completed" and body["waiting"] is False
     assert 'id="job-phase">completed<' in body["html"]
+
+
+def test_the_functions_serve_the_pages_and_the_abort(functions: dict[str, FlaskClient]) -> None:
+    """As Knative runs them: query_job serves / and /web, create_job the abort."""
+    created = functions["create_job"].put("/api/v1/job", json={"command": "sleep 30"})
+    job_id = created.get_json()["jobId"]
+    listing = functions["query_job"].get("/")
+    assert listing.status_code == 200 and listing.mimetype == "text/html"
+    assert f'data-job-id="{job_id}"' in listing.text
+    assert functions["query_job"].get(f"/web/jobs/{job_id}").status_code == 200
+    assert functions["query_job"].get("/web/static/web.js").status_code == 200
+    assert functions["results"].get("/").status_code == 404
+    aborted = functions["create_job"].post(f"/web/jobs/{job_id}/abort", headers=SAME_ORIGIN)
+    assert aborted.status_code == 200 and aborted.get_json() == {"phase": "aborted"}
