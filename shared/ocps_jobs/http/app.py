@@ -20,14 +20,15 @@ from .render import render_error
 from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
 from .uws_xml import render_uws_error
+from .web import WEB_CREATE_JOB_ROUTES, WEB_QUERY_JOB_ROUTES
 
 __all__ = ["FUNCTION_ROUTES", "FunctionApp", "create_embedded_app", "render_error_for"]
 
 log = logging.getLogger(__name__)
 
 FUNCTION_ROUTES: dict[str, list[Route]] = {
-    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES],
-    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES],
+    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES, *WEB_CREATE_JOB_ROUTES],
+    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES, *WEB_QUERY_JOB_ROUTES],
     "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES],
 }
 
@@ -131,6 +132,8 @@ def create_embedded_app(service: JobService) -> Flask:
             *UWS_RESULTS_ROUTES,
             *UWS_CREATE_JOB_ROUTES,
             *UWS_QUERY_JOB_ROUTES,
+            *WEB_CREATE_JOB_ROUTES,
+            *WEB_QUERY_JOB_ROUTES,
         ],
         service_factory=lambda: service,
     )

@@ -1,0 +1,214 @@
+"""The web view in a real browser: headless Chromium against ``ocps-jobs serve``.
+
+The jobs table updates itself while jobs run, a failed job's page shows its error and log,
+a result downloads, the Abort button aborts, injected markup never runs, and the pages fit
+a phone's width.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from tests.browser import headless_chromium, wait_for
+from tests.chaos import ServeProcess
+from tests.helpers import wait_for_phase
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOTS = "WEB_TEST_SCREENSHOTS"  # a folder to keep the pages' screenshots in
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    running = ServeProcess(
+        tmp_path_factory.mktemp("web") / "data", "--max-concurrent-jobs", "4"
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    chromium = headless_chromium(downloads)
+    chromium.downloads = downloads  # type: ignore[attr-defined]
+    yield chromium
+    chromium.quit()
+
+
+def submit(server: ServeProcess, **body: Any) -> str:
+    response = requests.put(f"{server.url}/api/v1/job", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return str(response.json()["jobId"])
+
+
+def api_phase(server: ServeProcess, job_id: str) -> str:
+    return str(requests.get(f"{server.url}/api/v1/job/{job_id}/phase", timeout=10).json())
+
+
+def row_phase(browser: webdriver.Chrome, job_id: str) -> str | None:
+    rows = browser.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job_id}"] .phase')
+    return rows[0].text if rows else None
+
+
+def keep_screenshot(browser: webdriver.Chrome, name: str) -> None:
+    import os
+
+    folder = os.environ.get(SCREENSHOTS)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
+def test_a_job_appears_and_changes_phase_without_a_reload(
+    server: ServeProcess, browser: webdriver.Chrome
+) -> None:
+    browser.get(server.url + "/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs"
+    browser.execute_script("window.sameDocument = 'still here'")
+    # The long poll is open before the job exists.
+    time.sleep(0.5)
+    job_id = submit(server, command="sleep 2; echo done", run_id="appears-live")
+    wait_for(browser, lambda b: row_phase(b, job_id) in {"queued", "executing"}, timeout=15)
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{job_id}"]')
+    assert "appears-live" in row.text
+    wait_for(browser, lambda b: row_phase(b, job_id) == "completed", timeout=30)
+    assert browser.execute_script("return window.sameDocument") == "still here"
+    # Newest first: the job just made is the top row.
+    first = browser.find_element(By.CSS_SELECTOR, "#job-rows tr")
+    assert first.get_attribute("data-job-id") == job_id
+    keep_screenshot(browser, "jobs")
+
+
+def test_a_failed_job_shows_its_error_and_log_and_a_result_downloads(
+    server: ServeProcess, browser: webdriver.Chrome
+) -> None:
+    job_id = submit(
+        server,
+        command=(
+            "printf 'calibrated 42 frames\\n' > $JOB_OUTPUT_DIR/summary.txt; "
+            "echo 'step 1 of 2: bias'; echo 'flat field missing for detector 17' >&2; exit 3"
+        ),
+        run_id="night-calib-failed",
+    )
+    wait_for_phase(lambda: api_phase(server, job_id), {"error"})
+    browser.get(server.url + "/?phase=error")
+    row = wait_for(
+        browser, lambda b: b.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job_id}"]')
+    )[0]
+    assert "flat field missing for detector 17" in row.find_element(By.CSS_SELECTOR, ".error").text
+    row.find_element(By.LINK_TEXT, "night-calib-failed").click()
+    wait_for(browser, lambda b: b.find_elements(By.ID, "error-summary"))
+    assert browser.find_element(By.ID, "job-phase").text == "error"
+    error = browser.find_element(By.ID, "error-summary").text
+    assert "code 3" in error and "flat field missing for detector 17" in error
+    log = browser.find_element(By.ID, "log").text
+    assert "step 1 of 2: bias" in log and "flat field missing for detector 17" in log
+    keep_screenshot(browser, "failed-job")
+    link = browser.find_element(By.CSS_SELECTOR, 'a[aria-label="Download summary.txt"]')
+    link.click()
+    downloaded = browser.downloads / "summary.txt"  # type: ignore[attr-defined]
+    wait_for(browser, lambda b: downloaded.is_file() and downloaded.stat().st_size > 0)
+    assert downloaded.read_bytes() == b"calibrated 42 frames\n"
+
+
+def test_the_abort_button_aborts_a_running_job(
+    server: ServeProcess, browser: webdriver.Chrome
+) -> None:
+    job_id = submit(server, command="echo started; sleep 120", run_id="to-abort")
+    wait_for_phase(lambda: api_phase(server, job_id), {"executing"})
+    browser.get(f"{server.url}/web/jobs/{job_id}")
+    button = browser.find_element(By.ID, "abort")
+    button.click()
+    alert = wait_for(browser, lambda b: b.switch_to.alert)
+    assert "to-abort" in alert.text
+    alert.dismiss()  # cancelled: nothing is sent
+    time.sleep(0.5)
+    assert api_phase(server, job_id) == "executing"
+    browser.find_element(By.ID, "abort").click()
+    wait_for(browser, lambda b: b.switch_to.alert).accept()
+    shown = "return document.getElementById('job-phase').textContent"
+    wait_for(browser, lambda b: b.execute_script(shown) == "aborted", timeout=30)
+    assert api_phase(server, job_id) == "aborted"
+    assert not browser.find_elements(By.ID, "abort")  # an aborted job has no button
+
+
+INJECTED = "<script>window.injected = 'run id'</script>"
+INJECTED_ERROR = '<img src=x onerror="window.injected=2">'
+INJECTED_FILE = "<svg onload=window.injected=1>.txt"
+
+
+def test_markup_in_a_jobs_fields_is_shown_as_text_and_never_runs(
+    server: ServeProcess, browser: webdriver.Chrome
+) -> None:
+    job_id = submit(
+        server,
+        command=(
+            f"echo x > $JOB_OUTPUT_DIR/'{INJECTED_FILE}'; "
+            f"echo '{INJECTED_ERROR}' >&2; exit 1 # <script>window.injected='command'</script>"
+        ),
+        run_id=INJECTED,
+        environment=[{"name": "NOTE", "value": "<script>window.injected='env'</script>"}],
+    )
+    wait_for_phase(lambda: api_phase(server, job_id), {"error"})
+    for page in ("/", f"/web/jobs/{job_id}"):
+        browser.get(server.url + page)
+        wait_for(browser, lambda b: b.execute_script("return document.readyState") == "complete")
+        time.sleep(0.3)
+        assert browser.execute_script("return window.injected") is None, page
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert INJECTED in text, page
+        # Only the page's own script element; no element the values could have made.
+        sources = browser.execute_script(
+            "return Array.from(document.scripts).map(s => s.getAttribute('src'))"
+        )
+        assert sources == ["/web/static/web.js"], page
+        assert not browser.find_elements(By.CSS_SELECTOR, "main img, main svg"), page
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert INJECTED_ERROR in browser.find_element(By.ID, "error-summary").text
+    assert INJECTED_FILE in text
+    assert "<script>window.injected='env'</script>" in text
+    assert "<script>window.injected='command'</script>" in text
+
+
+def test_the_pages_fit_a_phone_and_work_from_the_keyboard(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    job_id = submit(server, command="echo phone", run_id="phone-width-" + "x" * 60)
+    wait_for_phase(lambda: api_phase(server, job_id), {"completed"})
+    phone = headless_chromium(tmp_path, width=390, height=844)
+    try:
+        for page in ("/", f"/web/jobs/{job_id}"):
+            phone.get(server.url + page)
+            overflow = phone.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, f"{page} is {overflow}px wider than a phone"
+        phone.get(server.url + "/")
+        # The first Tab stop skips to the content; Tab on reaches the job's link.
+        body = phone.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.TAB)
+        assert phone.switch_to.active_element.text == "Skip to content"
+        for _ in range(40):
+            phone.switch_to.active_element.send_keys(Keys.TAB)
+            if phone.switch_to.active_element.text.startswith("phone-width-"):
+                break
+        phone.switch_to.active_element.send_keys(Keys.ENTER)
+        wait_for(phone, lambda b: b.current_url.endswith(f"/web/jobs/{job_id}"))
+        labels = phone.execute_script(
+            "return Array.from(document.querySelectorAll('input, select, button'))"
+            ".filter(e => !e.labels || e.labels.length === 0 && !e.textContent.trim()).length"
+        )
+        assert labels == 0
+    finally:
+        phone.quit()
