@@ -18,8 +18,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from ocps_jobs.backends.local import LocalBackend
-from ocps_jobs.http import build_service, create_embedded_app
-from ocps_jobs.http.app import build_store
+from ocps_jobs.composition import build_service, build_store
+from ocps_jobs.http import create_embedded_app
 from ocps_jobs.http.web import ABORT_HEADER
 from ocps_jobs.http.webpages import JOBS_PER_PAGE, LOG_TAIL_BYTES
 from ocps_jobs.service import JobService

@@ -19,7 +19,8 @@ from flask import Response
 
 from ..errors import InvalidRequestError, JobNotFoundError, OCPSError, RouteNotFoundError
 from ..models import FINAL_PHASES, JobRecord, Phase
-from ..service import WAITABLE_PHASES, ListQuery
+from ..service import ListQuery
+from ..transitions import WAITABLE_PHASES
 from .json_api import API
 from .parsing import parse_natural
 from .routing import Context, Route
