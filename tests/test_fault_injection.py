@@ -27,7 +27,7 @@ from ocps_jobs.backends import local
 from ocps_jobs.config import Settings
 from ocps_jobs.http import build_service, create_embedded_app
 from ocps_jobs.service import JobService
-from ocps_jobs.sidecar import Uploader
+from ocps_jobs.uploader.upload import Uploader
 from tests.chaos import ServeProcess
 from tests.faults import TcpProxy
 from tests.helpers import process_alive, wait_for_phase, wait_until

@@ -24,6 +24,7 @@ from .models import (
 )
 from .objectstore import ObjectStore, ObjectStream
 from .resultids import decode_result_id
+from .uploader.manifest import read_manifest_files
 
 __all__ = ["WAITABLE_PHASES", "JobService"]
 
@@ -229,7 +230,7 @@ class JobService:
         if data is None:
             return []
         try:
-            return ResultFile.from_manifest_json(data)
+            return ResultFile.listed(read_manifest_files(data))
         except (ValueError, KeyError, TypeError) as error:
             log.error("unreadable manifest for job %s: %s", record.job_id, error)
             return []
