@@ -18,7 +18,7 @@ def main() -> int:
     output_dir = Path(folder)
     if mode == "uploader":
         from ocps_jobs.objectstore.s3 import S3Store
-        from ocps_jobs.sidecar import Uploader
+        from ocps_jobs.uploader.upload import Uploader
 
         store = S3Store(bucket, endpoint)
         store.client.head_bucket(Bucket=bucket)  # connect before the clock starts

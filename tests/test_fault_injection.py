@@ -28,7 +28,7 @@ from ocps_jobs.composition import build_service
 from ocps_jobs.config import Settings
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.service import JobService
-from ocps_jobs.sidecar import Uploader
+from ocps_jobs.uploader.upload import Uploader
 from tests.chaos import ServeProcess
 from tests.faults import TcpProxy
 from tests.helpers import process_alive, wait_for_phase, wait_until

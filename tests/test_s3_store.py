@@ -18,7 +18,7 @@ from ocps_jobs.config import Settings
 from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.objectstore.s3 import S3Store
-from ocps_jobs.sidecar import Uploader
+from ocps_jobs.uploader.upload import Uploader
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import SlowDownS3
 from tests.test_local_backend import finish, submit

@@ -6,21 +6,21 @@ import threading
 
 from .backends import JobBackend
 from .config import Settings
-from .objectstore import ObjectStore
+from .objectstore import ObjectStore, open_store
 from .service import JobService
 
 __all__ = ["build_backend", "build_service", "build_store", "close_services"]
 
 
 def build_store(settings: Settings) -> ObjectStore:
-    """S3 when an endpoint is configured (or on Kubernetes), else a folder under the data dir."""
-    if settings.s3_endpoint or settings.backend == "kubernetes":
-        from .objectstore.s3 import S3Store
-
-        return S3Store(settings.bucket, settings.s3_endpoint, settings.s3_region)
-    from .objectstore.filesystem import FilesystemStore
-
-    return FilesystemStore(settings.data_dir / "objects" / settings.bucket)
+    """The store by the one rule: S3 on Kubernetes or given an endpoint, else a folder."""
+    local_folder = settings.data_dir / "objects" / settings.bucket
+    return open_store(
+        bucket=settings.bucket,
+        endpoint=settings.s3_endpoint or None,
+        region=settings.s3_region,
+        folder=None if settings.backend == "kubernetes" else local_folder,
+    )
 
 
 def build_backend(settings: Settings, store: ObjectStore) -> JobBackend:

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from .errors import SettingsError
+from .uploader.contract import DEFAULT_UPLOAD_INTERVAL_SECONDS
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -107,7 +108,7 @@ class Settings(BaseModel):
     data_volume_claims: dict[str, str] = Field(default_factory=dict)
     # Operator-chosen annotations on every job pod (mesh opt-outs, test-cluster behaviour).
     pod_annotations: dict[str, str] = Field(default_factory=dict)
-    upload_interval_seconds: int = Field(default=30, ge=1)
+    upload_interval_seconds: int = Field(default=DEFAULT_UPLOAD_INTERVAL_SECONDS, ge=1)
     # Native sidecars stop when the job's command ends: the final upload must fit in here.
     job_termination_grace_seconds: int = Field(default=300, ge=30)
     s3_credentials_secret: str = "ocps-jobs-s3"  # noqa: S105 - a Secret's name

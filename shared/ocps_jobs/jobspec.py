@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import shlex
 
 from kubernetes.client import (
     V1Container,
@@ -38,13 +39,19 @@ from .conventions import (
     LABEL_JOB_ID,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
-    LOG_RESULT_NAME,
     MANAGED_BY,
     job_name,
 )
 from .errors import PayloadTooLargeError
 from .jobenv import job_environment
 from .models import JobRecord
+from .uploader.contract import (
+    EXIT_CODE_FILE_NAME,
+    FAILURE_FILE_NAME,
+    LOG_FILE_NAME,
+    STDERR_FILE_NAME,
+    UploaderConfig,
+)
 
 __all__ = [
     "ANNOTATION_BUDGET",
@@ -59,6 +66,7 @@ __all__ = [
     "kubelet_literal",
     "owner_label",
     "pod_annotations",
+    "uploader_configuration",
 ]
 
 # Kubernetes refuses annotations over 256 KiB in total; leave room for kubectl's own.
@@ -67,28 +75,36 @@ ANNOTATION_BUDGET = 256 * 1024 - 8 * 1024
 # The main container: run the command with bash, keep stdout+stderr as a result file,
 # record the exit code for the uploader and a termination message for the error summary.
 # The command arrives as "$1", never interpolated into this text.
-WRAPPER_SCRIPT = r"""
+WRAPPER_SCRIPT = (
+    f"log_name={shlex.quote(LOG_FILE_NAME)} stderr_name={shlex.quote(STDERR_FILE_NAME)}"
+    f" exit_code_name={shlex.quote(EXIT_CODE_FILE_NAME)}\n"
+    + r"""
 work="${JOB_OUTPUT_DIR%/out}"
 mkdir -p "$JOB_OUTPUT_DIR"
-log="$work/ocps-job.log"
-/bin/bash -c "$1" > >(tee -a "$log") 2> >(tee -a "$log" "$work/stderr" >&2)
+log="$work/$log_name"
+stderr="$work/$stderr_name"
+/bin/bash -c "$1" > >(tee -a "$log") 2> >(tee -a "$log" "$stderr" >&2)
 code=$?
 wait
 if [ "$code" -ne 0 ]; then
-  { echo "Command exited with code $code:"; tail -n 20 "$work/stderr" 2>/dev/null; } \
+  { echo "Command exited with code $code:"; tail -n 20 "$stderr" 2>/dev/null; } \
     | tail -c 3500 > /dev/termination-log
 fi
-echo "$code" > "$work/exit-code.tmp" && mv "$work/exit-code.tmp" "$work/exit-code"
+echo "$code" > "$work/$exit_code_name.tmp" && mv "$work/$exit_code_name.tmp" "$work/$exit_code_name"
 exit "$code"
 """.strip()
+)
 
 # The clone init container: the URL and ref come from the environment, never the script.
 # A failure's message goes to the termination log (the live job's error summary) and, for
-# the uploader's archived record, to the work folder's "failure" file.
-GIT_CLONE_SCRIPT = r"""
+# the uploader's archived record, to the work folder's failure file.
+GIT_CLONE_SCRIPT = (
+    f"failure_name={shlex.quote(FAILURE_FILE_NAME)}\n"
+    + r"""
 set -o pipefail
+failure="${JOB_SOURCE_DIR%/src}/$failure_name"
 failed() {
-  { printf 'git clone failed: '; cat /dev/termination-log; } > "${JOB_SOURCE_DIR%/src}/failure"
+  { printf 'git clone failed: '; cat /dev/termination-log; } > "$failure"
   exit 1
 }
 git -c protocol.ext.allow=never clone --quiet -- "$SRC_GIT_URL" "$JOB_SOURCE_DIR" 2>&1 \
@@ -99,6 +115,7 @@ if [ -n "$GIT_COMMIT_REF" ]; then
 fi
 : > /dev/termination-log
 """.strip()
+)
 
 _WORK_VOLUME = "work"
 _RECORD_VOLUME = "record"
@@ -172,6 +189,23 @@ def pod_annotations(record: JobRecord, settings: Settings) -> dict[str, str]:
     return _within_budget(annotations, "record")
 
 
+def uploader_configuration(job_id: str, replicas: int, settings: Settings) -> UploaderConfig:
+    """What the Job's uploader is told (its replica index the pod adds, from the downward API)."""
+    work, output_dir, _source_dir = job_paths(job_id, settings)
+    return UploaderConfig(
+        job_id=job_id,
+        output_dir=output_dir,
+        exit_code_file=f"{work}/{EXIT_CODE_FILE_NAME}",
+        log_file=f"{work}/{LOG_FILE_NAME}",
+        bucket=settings.bucket,
+        s3_region=settings.s3_region,
+        s3_endpoint=settings.s3_endpoint or None,
+        upload_interval_seconds=settings.upload_interval_seconds,
+        job_record_file=RECORD_FILE,
+        replicas=replicas,
+    )
+
+
 def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
     """The ``batch/v1`` Job running ``record``; ``suspend`` keeps a PENDING job from starting."""
     job_id = record.job_id
@@ -236,23 +270,15 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
         }
         or None,
     )
-    uploader_env = [
-        V1EnvVar(name="JOB_ID", value=job_id),
-        V1EnvVar(name="JOB_OUTPUT_DIR", value=output_dir),
-        V1EnvVar(name="OCPS_EXIT_CODE_FILE", value=f"{work}/exit-code"),
-        V1EnvVar(name="OCPS_LOG_FILE", value=f"{work}/{LOG_RESULT_NAME}"),
-        V1EnvVar(name="OCPS_BUCKET", value=settings.bucket),
-        V1EnvVar(name="OCPS_S3_REGION", value=settings.s3_region),
-        V1EnvVar(name="OCPS_UPLOAD_INTERVAL", value=str(settings.upload_interval_seconds)),
-        V1EnvVar(name="OCPS_JOB_RECORD_FILE", value=RECORD_FILE),
-    ]
-    if settings.s3_endpoint:
-        uploader_env.append(V1EnvVar(name="OCPS_S3_ENDPOINT", value=settings.s3_endpoint))
     replicas = record.parameters.replicas
+    uploader_config = uploader_configuration(job_id, replicas, settings)
+    uploader_env = [
+        V1EnvVar(name=name, value=value) for name, value in uploader_config.to_environment().items()
+    ]
     replica_env: list[V1EnvVar] = []
     if replicas > 1:
         # An Indexed Job: each pod knows its index, as each local replica does; its uploader
-        # keeps its own manifest, and the last to finish merges them (sidecar.py).
+        # keeps its own manifest, and the last to finish merges them (uploader.manifest).
         path = f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
         replica_env = [
             V1EnvVar(
@@ -260,11 +286,11 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
                 value_from=V1EnvVarSource(field_ref=V1ObjectFieldSelector(field_path=path)),
             )
         ]
-        uploader_env += [*replica_env, V1EnvVar(name="OCPS_REPLICAS", value=str(replicas))]
+        uploader_env += replica_env
     uploader = V1Container(
         name=CONTAINER_UPLOADER,
         image=settings.sidecar_image,
-        command=["python", "-m", "ocps_jobs.sidecar"],
+        command=["python", "-m", "ocps_jobs.uploader"],
         env=uploader_env,
         env_from=[
             V1EnvFromSource(secret_ref=V1SecretEnvSource(name=settings.s3_credentials_secret))

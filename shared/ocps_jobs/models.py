@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -323,17 +323,9 @@ class ResultFile(BaseModel):
     content_type: str = "application/octet-stream"
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> list[ResultFile]:
-        """The results an upload manifest lists; KeyError/TypeError when it is malformed."""
-        return [
-            cls(key=item["key"], size=item["size"], content_type=item["contentType"])
-            for item in manifest["files"]
-        ]
-
-    @classmethod
-    def from_manifest_json(cls, data: bytes) -> list[ResultFile]:
-        """The results of a manifest as stored; ValueError/KeyError/TypeError when malformed."""
-        return cls.from_manifest(json.loads(data))
+    def listed(cls, files: Iterable[Any]) -> list[ResultFile]:
+        """The results for the files a manifest lists (``uploader.manifest.ManifestFile``)."""
+        return [cls(key=item.key, size=item.size, content_type=item.content_type) for item in files]
 
 
 class JobRecord(BaseModel):

@@ -34,6 +34,7 @@ from .transitions import (
     require_duration_change,
     start_needed,
 )
+from .uploader.manifest import read_manifest_files
 
 __all__ = ["JobService", "ListQuery"]
 
@@ -236,7 +237,7 @@ class JobService:
         if data is None:
             return []
         try:
-            return ResultFile.from_manifest_json(data)
+            return ResultFile.listed(read_manifest_files(data))
         except (ValueError, KeyError, TypeError) as error:
             log.error("unreadable manifest for job %s: %s", record.job_id, error)
             return []

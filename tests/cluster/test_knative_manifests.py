@@ -878,7 +878,7 @@ def test_sidecar_dockerfile_installs_only_boto3_and_the_package() -> None:
     installs = [command[2:] for command in commands if command[:2] == ["pip", "install"]]
     assert installs == [["boto3>=1.34,<2"], ["--no-deps", "/tmp/src"]]
     (command,) = [exec_form(a) for i, a in instructions if i == "CMD"]
-    assert command == ["python", "-m", "ocps_jobs.sidecar"]
+    assert command == ["python", "-m", "ocps_jobs.uploader"]
     # The command the Job spec gives the uploader is the image's own.
     settings = Settings(backend="kubernetes")
     record = JobRecord(
@@ -902,7 +902,7 @@ def test_sidecar_dockerfile_installs_only_boto3_and_the_package() -> None:
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ImportError('not in the sidecar image: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import ocps_jobs.sidecar, ocps_jobs.objectstore.s3\n"
+        "import ocps_jobs.uploader.main, ocps_jobs.objectstore.s3\n"
         "import ocps_jobs.objectstore.filesystem\n"
         "print('ok')\n"
     )

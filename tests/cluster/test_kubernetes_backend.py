@@ -30,7 +30,8 @@ from ocps_jobs.http import create_embedded_app
 from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
 from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService, ListQuery
-from ocps_jobs.sidecar import Uploader, final_record
+from ocps_jobs.uploader.record import final_record
+from ocps_jobs.uploader.upload import Uploader
 from tests.cluster.conftest import ControlPlane
 from tests.helpers import container_view, wait_until
 
@@ -111,7 +112,7 @@ def test_created_job_reads_back_field_by_field(
     assert [c.name for c in pod.init_containers] == ["uploader", "git-clone"]
     uploader, clone = pod.init_containers
     assert uploader.restart_policy == "Always"
-    assert uploader.command == ["python", "-m", "ocps_jobs.sidecar"]
+    assert uploader.command == ["python", "-m", "ocps_jobs.uploader"]
     assert uploader.env_from[0].secret_ref.name == "ocps-jobs-s3"
     # What each process sees once the kubelet has expanded the spec ($ is kept literal).
     command, clone_env = container_view(clone, {})

@@ -18,7 +18,7 @@ from waitress.server import create_server
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, JobRequest, Phase
 from ocps_jobs.service import JobService
-from ocps_jobs.sidecar import Uploader
+from ocps_jobs.uploader.upload import Uploader
 from tests.browser import headless_chromium, wait_for
 from tests.helpers import wait_until
 

@@ -49,7 +49,7 @@ from ..models import (
 )
 from ..objectstore import ObjectStore
 from ..phase import job_status, parse_time, ran_to_completion
-from ..sidecar import store_merged_manifest
+from ..uploader.manifest import manifest_files, read_manifest_files, store_merged_manifest
 from .base import JobUpdate, Unset
 
 __all__ = ["KubernetesBackend", "record_from_job"]
@@ -622,7 +622,7 @@ class KubernetesBackend:
                 self._missing[job_id] = time.monotonic()
             return None
         try:
-            results = ResultFile.from_manifest_json(data)
+            results = ResultFile.listed(read_manifest_files(data))
         except (ValueError, KeyError, TypeError):
             log.error("unreadable manifest of job %s", job_id)
             return None
@@ -737,7 +737,7 @@ class KubernetesBackend:
         except BackendUnavailableError as error:
             log.warning("replica manifests of job %s not merged: %s", record.job_id, error)
             return None
-        results = ResultFile.from_manifest(manifest)
+        results = ResultFile.listed(manifest_files(manifest))
         with self._cache_lock:
             self._manifests[record.job_id] = results
             self._missing.pop(record.job_id, None)

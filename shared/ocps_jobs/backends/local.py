@@ -28,7 +28,8 @@ from ..errors import BackendUnavailableError, JobNotFoundError
 from ..jobenv import job_environment
 from ..models import JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
-from ..sidecar import Uploader
+from ..uploader.manifest import manifest_files
+from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
 from .records import InMemoryRecords, queue_pending
 
@@ -368,7 +369,7 @@ class LocalBackend(InMemoryRecords):
             log.exception("upload of job %s outputs failed", job_id)
             self._finish(job_id, run, Phase.ERROR, f"Upload of the job's results failed: {error}")
             return
-        results = ResultFile.from_manifest(manifest)
+        results = ResultFile.listed(manifest_files(manifest))
         if run.abort_reason is not None:
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason, results)
         elif message is not None:

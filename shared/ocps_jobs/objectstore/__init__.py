@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import ObjectInfo, ObjectStore, ObjectStream, guess_content_type
 
-__all__ = ["ObjectInfo", "ObjectStore", "ObjectStream", "guess_content_type"]
+__all__ = ["ObjectInfo", "ObjectStore", "ObjectStream", "guess_content_type", "open_store"]
+
+
+def open_store(
+    *, bucket: str, endpoint: str | None, region: str, folder: Path | None
+) -> ObjectStore:
+    """The one rule that chooses the store: S3 given an endpoint or no folder, else the folder.
+
+    Each store's module is imported only when chosen: a process that keeps its outputs in
+    a folder never imports boto3.
+    """
+    if endpoint is None and folder is not None:
+        from .filesystem import FilesystemStore
+
+        return FilesystemStore(folder)
+    from .s3 import S3Store
+
+    return S3Store(bucket, endpoint, region)
