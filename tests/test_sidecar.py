@@ -32,6 +32,7 @@ import pytest
 from minio import Minio
 
 from ocps_jobs import sidecar as sidecar_module
+from ocps_jobs.backends.kubernetes.spec import GIT_CLONE_SCRIPT
 from ocps_jobs.conventions import (
     LOG_RESULT_NAME,
     archive_key,
@@ -41,7 +42,6 @@ from ocps_jobs.conventions import (
     replica_manifest_key,
 )
 from ocps_jobs.errors import BackendUnavailableError
-from ocps_jobs.jobspec import GIT_CLONE_SCRIPT
 from ocps_jobs.models import JobParameters, JobRecord, Phase
 from ocps_jobs.objectstore.base import guess_content_type
 from ocps_jobs.objectstore.filesystem import FilesystemStore
