@@ -70,8 +70,8 @@ class Kube:
 
 def job_bodies(plane: ControlPlane, namespace: str, count: int, work: Path) -> list[bytes]:
     """The Job the service would create for a PENDING ``command=true`` job, ``count`` times."""
+    from ocps_jobs.backends.kubernetes.spec import build_job, job_json
     from ocps_jobs.config import Settings
-    from ocps_jobs.jobspec import build_job, job_json
 
     settings = Settings.from_env(
         backend="kubernetes",

@@ -28,11 +28,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from ocps_jobs.backends.kubernetes.spec import build_job
 from ocps_jobs.config import Settings
 from ocps_jobs.errors import MethodNotAllowedError, RouteNotFoundError
 from ocps_jobs.http.app import FUNCTION_ROUTES
 from ocps_jobs.http.routing import Router
-from ocps_jobs.jobspec import build_job
 from ocps_jobs.models import JobParameters, JobRecord
 from tests.cluster.conftest import ControlPlane
 from tests.conftest import REPO_ROOT

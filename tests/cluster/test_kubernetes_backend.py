@@ -18,6 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ocps_jobs.backends import JobUpdate
 from ocps_jobs.backends.kubernetes import KubernetesBackend
+from ocps_jobs.backends.kubernetes.client import Kind
+from ocps_jobs.backends.kubernetes.spec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
+from ocps_jobs.backends.kubernetes.watch import WatchCache
 from ocps_jobs.conventions import (
     ANNOTATIONS,
     archive_key,
@@ -26,8 +29,8 @@ from ocps_jobs.conventions import (
     output_key,
     replica_manifest_key,
 )
+from ocps_jobs.errors import BackendUnavailableError
 from ocps_jobs.http import create_embedded_app
-from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job
 from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService, ListQuery
 from ocps_jobs.uploader.record import final_record
@@ -233,6 +236,121 @@ def test_abort_stops_the_pods_and_reports_aborted(
     assert job.end_time is not None
     assert kube_job(kube, namespace, record.job_id).spec.suspend is True
     assert service.abort_job(record.job_id, ANYONE).phase is Phase.ABORTED  # idempotent
+
+
+def replica_pods(kube: k8s.ApiClient, namespace: str, job_id: str) -> list[k8s.V1Pod]:
+    selector = f"ocps.lsst.io/job-id={job_id}"
+    pods: list[k8s.V1Pod] = (
+        k8s.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=selector).items
+    )
+    return sorted(
+        pods, key=lambda pod: pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
+    )
+
+
+def replica_succeeds(kube: k8s.ApiClient, namespace: str, pod: k8s.V1Pod) -> None:
+    """What the kubelet reports once a replica's command exited 0 and its uploader finished."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def ended(container: k8s.V1ContainerStatus) -> dict[str, Any]:
+        return {
+            "name": container.name,
+            "image": container.image,
+            "imageID": container.image_id,
+            "ready": False,
+            "restartCount": 0,
+            "state": {
+                "terminated": {
+                    "exitCode": 0,
+                    "reason": "Completed",
+                    "startedAt": now,
+                    "finishedAt": now,
+                }
+            },
+        }
+
+    status = pod.status
+    body = {
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [ended(c) for c in status.container_statuses],
+            "initContainerStatuses": [ended(c) for c in status.init_container_statuses],
+        }
+    }
+    k8s.CoreV1Api(kube).patch_namespaced_pod_status(pod.metadata.name, namespace, body)
+
+
+def api_only(service: JobService) -> KubernetesBackend:
+    """A backend of another process whose watches cannot list: it reads the API each time."""
+    backend = KubernetesBackend(service.settings, service.store)
+
+    def refusing(kind: Kind, selector: str) -> list[dict[str, Any]]:
+        raise BackendUnavailableError(f"Kubernetes unavailable (list {kind})")
+
+    backend._watched = WatchCache(refusing, backend.kube.watch)
+    return backend
+
+
+@pytest.mark.parametrize("aborted_by", ["watch-cache", "api"])
+def test_an_abort_after_one_replica_succeeded_stops_the_others(
+    make_cluster_service: Callable[..., JobService],
+    kube: k8s.ApiClient,
+    namespace: str,
+    aborted_by: str,
+) -> None:
+    service = make_cluster_service(pod_annotations={"ocps.test/run-seconds": "60"})
+    cached = service.backend
+    assert isinstance(cached, KubernetesBackend)
+    uncached = api_only(service)
+    try:
+        record = service.create_job(JobRequest(command="run-part", replicas=3), ANYONE)
+        job_id = record.job_id
+        wait_until(
+            lambda: (
+                [p.status.phase for p in replica_pods(kube, namespace, job_id)] == ["Running"] * 3
+            ),
+            timeout=30,
+        )
+        replica_succeeds(kube, namespace, replica_pods(kube, namespace, job_id)[0])
+
+        def cache_saw_the_success() -> bool:
+            view = cached._informed().view(job_id)
+            return view is not None and any(
+                (pod.get("status") or {}).get("phase") == "Succeeded" for pod in view[1]
+            )
+
+        wait_until(cache_saw_the_success, timeout=15)
+        assert cached._informed().synced and uncached._watched is not None
+        assert not uncached._watched.synced
+        assert service.get_job(job_id, ANYONE).phase is Phase.EXECUTING
+
+        backend = cached if aborted_by == "watch-cache" else uncached
+        answered = backend.abort(job_id, "stop")
+        assert answered.phase is Phase.ABORTED
+
+        assert kube_job(kube, namespace, job_id).spec.suspend is True
+        wait_until(
+            lambda: all(
+                p.status.phase in ("Succeeded", "Failed")
+                for p in replica_pods(kube, namespace, job_id)
+            ),
+            timeout=30,
+        )
+        # Every reader sees it aborted: the synced cache's copy and the API's alike.
+        for reader in (cached, uncached):
+            seen = wait_until(
+                lambda reader=reader: (
+                    (job := reader.get(job_id)) and job.phase is Phase.ABORTED and job
+                ),
+                timeout=15,
+            )
+            assert seen.error_message == "stop"
+            listed = {job.job_id: job.phase for job in reader.list_records()}
+            assert listed == {job_id: Phase.ABORTED}
+        phases = service.list_jobs(ANYONE, ListQuery(phases=frozenset({Phase.ABORTED})))
+        assert [job.job_id for job in phases] == [job_id]
+    finally:
+        uncached.close()
 
 
 def test_replicas_are_one_indexed_job_whose_pods_know_their_index(
@@ -548,17 +666,17 @@ def test_first_list_waits_for_the_watches_instead_of_listing_twice(
     # A new process's backend: its first list is asked for while the watches first list.
     fresh = KubernetesBackend(cluster_service.settings, cluster_service.store)
     api_lists: list[str] = []
-    list_from_api = fresh._list
+    list_from_api = fresh.kube.list
 
-    def counted(action: str, *args: Any) -> list[Any]:
-        api_lists.append(action)
-        return list_from_api(action, *args)
+    def counted(kind: Kind, selector: str) -> list[Any]:
+        api_lists.append(kind)
+        return list_from_api(kind, selector)
 
-    fresh._list = counted  # type: ignore[method-assign]
+    fresh.kube.list = counted  # type: ignore[method-assign]
     try:
         listed = fresh.list_records()
         assert {record.job_id for record in listed} == created
-        assert fresh._informer is not None and fresh._informer.synced
+        assert fresh._watched is not None and fresh._watched.synced
         assert api_lists == []  # answered from the watches' listing, not a second one
     finally:
         fresh.close()

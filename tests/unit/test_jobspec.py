@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from ocps_jobs.config import Settings
-from ocps_jobs.conventions import ANNOTATIONS
-from ocps_jobs.errors import PayloadTooLargeError
-from ocps_jobs.jobspec import (
+from ocps_jobs.backends.kubernetes.spec import (
     ANNOTATION_BUDGET,
     GIT_CLONE_SCRIPT,
     RECORD_FILE,
@@ -20,6 +17,9 @@ from ocps_jobs.jobspec import (
     from_kubelet_literal,
     kubelet_literal,
 )
+from ocps_jobs.config import Settings
+from ocps_jobs.conventions import ANNOTATIONS
+from ocps_jobs.errors import PayloadTooLargeError
 from ocps_jobs.models import JobParameters, JobRecord, JobRequest
 from tests.helpers import container_view
 
@@ -54,7 +54,7 @@ def test_every_container_sees_the_callers_text_byte_for_byte_and_no_secret() -> 
         commit_ref="v$(JOB_ID)",
     )
     record = record_for(request)
-    job = build_job(record.model_copy(deep=True), Settings(backend="kubernetes"), suspend=False)
+    job = build_job(record, Settings(backend="kubernetes"), suspend=False)
     pod = job.spec.template.spec
     uploader, clone = pod.init_containers
     (main,) = pod.containers
@@ -132,3 +132,18 @@ def test_one_replica_is_a_plain_job() -> None:
     pod = job.spec.template.spec
     names = {entry.name for c in (*pod.init_containers, *pod.containers) for entry in c.env}
     assert "JOB_REPLICA_INDEX" not in names and "OCPS_REPLICAS" not in names
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_build_job_leaves_its_record_unchanged(replicas: int) -> None:
+    request = JobRequest(
+        command="run $X",
+        replicas=replicas,
+        environment=[{"name": "X", "value": "1"}],
+        url="https://example.org/repo.git",
+    )
+    record = record_for(request)
+    before = record.model_copy(deep=True)
+    build_job(record, Settings(backend="kubernetes"), suspend=True)
+    assert record == before
+    assert record.environment == []  # the Job's variables are the Job's, not the record's

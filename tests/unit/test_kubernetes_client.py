@@ -1,26 +1,27 @@
-"""How the Kubernetes backend uses the client library: the Job's JSON and credential refresh."""
+"""How the Kubernetes backend uses the client library: the Job's JSON, credentials, errors."""
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from ocps_jobs.backends.kubernetes import (
-    KubernetesBackend,
-    _api_message,
-    _Informer,
-    _ThrottledRefresh,
+from ocps_jobs.backends.kubernetes.client import (
+    REQUEST_TIMEOUT,
+    KubernetesApi,
+    Missing,
+    api_message,
 )
+from ocps_jobs.backends.kubernetes.credentials import ThrottledRefresh
+from ocps_jobs.backends.kubernetes.spec import build_job, job_json
 from ocps_jobs.config import Settings
-from ocps_jobs.errors import BackendUnavailableError
-from ocps_jobs.jobspec import build_job, job_json
+from ocps_jobs.errors import BackendUnavailableError, InvalidRequestError, PayloadTooLargeError
 from ocps_jobs.models import EnvironmentVariable, JobParameters, JobRecord, utcnow
 
 
@@ -70,7 +71,7 @@ class LoaderConfiguration:
 def test_credentials_refresh_at_most_once_per_interval() -> None:
     now = [100.0]
     configuration = LoaderConfiguration()
-    throttle = _ThrottledRefresh(configuration, interval=1.0, clock=lambda: now[0])
+    throttle = ThrottledRefresh(configuration, interval=1.0, clock=lambda: now[0])
     assert configuration.refresh_api_key_hook is throttle
 
     for _ in range(50):  # fifty requests within the same second
@@ -84,35 +85,6 @@ def test_credentials_refresh_at_most_once_per_interval() -> None:
     now[0] += 0.6
     configuration.refresh_api_key_hook(configuration)
     assert configuration.refreshes == 2
-
-
-class UnreachableBackend:
-    """The backend as the watches use it, with an API that refuses every call."""
-
-    namespace = "ocps"
-    batch = SimpleNamespace(list_namespaced_job=lambda *args, **kwargs: None)
-    core = SimpleNamespace(list_namespaced_pod=lambda *args, **kwargs: None)
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def _raw(self, action: str, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        raise BackendUnavailableError(f"Kubernetes unavailable ({action})")
-
-    _pages = KubernetesBackend._pages  # the real pagination, over the refusing _raw
-
-
-def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:
-    backend = UnreachableBackend()
-    informer = _Informer(backend)  # type: ignore[arg-type]
-    try:
-        started = time.monotonic()
-        assert informer.wait_first_sync(30.0) is False
-        assert time.monotonic() - started < 5.0  # not the 30 s: the first listing failed
-        assert backend.calls >= 1
-    finally:
-        informer.stop()
 
 
 @pytest.mark.parametrize(
@@ -133,4 +105,42 @@ def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:
 def test_api_error_message_comes_from_a_status_body_only(body: bytes | None, expected: str) -> None:
     error = ApiException(status=422, reason="Unprocessable Entity")
     error.body = body
-    assert _api_message(error) == expected
+    assert api_message(error) == expected
+
+
+def refusing(error: Exception) -> Callable[..., Any]:
+    """A client method that fails with ``error``, after checking it got the timeout."""
+
+    def call(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        assert _request_timeout == REQUEST_TIMEOUT
+        raise error
+
+    return call
+
+
+def api_error(status: int, body: bytes = b"") -> ApiException:
+    error = ApiException(status=status, reason="Reason")
+    error.body = body
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "message"),
+    [
+        (api_error(404), Missing, ""),
+        (api_error(413), PayloadTooLargeError, "too large"),
+        (api_error(422, b'{"message":"spec: bad"}'), InvalidRequestError, "spec: bad"),
+        (api_error(400), InvalidRequestError, "Reason"),
+        (api_error(503), BackendUnavailableError, "create job: 503 Reason"),
+        (ConnectionRefusedError(), BackendUnavailableError, "create job"),
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "slow"), BackendUnavailableError, ""),
+    ],
+    ids=["404", "413", "422", "400", "503", "refused", "timeout"],
+)
+def test_api_failures_arrive_as_the_projects_errors(
+    error: Exception, raised: type[Exception], message: str
+) -> None:
+    api = KubernetesApi(ApiClient(), "ocps")
+    with pytest.raises(raised) as caught:
+        api.call("create job", refusing(error))
+    assert message in str(caught.value)

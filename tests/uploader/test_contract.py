@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from ocps_jobs.backends.kubernetes.spec import (
+    GIT_CLONE_SCRIPT,
+    WRAPPER_SCRIPT,
+    build_job,
+    uploader_configuration,
+)
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME
-from ocps_jobs.jobspec import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, build_job, uploader_configuration
 from ocps_jobs.models import JobParameters, JobRecord
 from ocps_jobs.objectstore import open_store
 from ocps_jobs.objectstore.filesystem import FilesystemStore

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ocps_jobs.jobspec import GIT_CLONE_SCRIPT
+from ocps_jobs.backends.kubernetes.spec import GIT_CLONE_SCRIPT
 from ocps_jobs.uploader.manifest import ManifestFile, build_manifest
 from ocps_jobs.uploader.record import final_record
 from tests.helpers import make_pipeline_repo
