@@ -94,9 +94,12 @@ def render(namespace: str | None = None) -> list[Doc]:
         doc["metadata"]["namespace"] = target
         if doc["kind"] == "RoleBinding":
             for subject in doc.get("subjects", []):
-                if subject["kind"] == "ServiceAccount" and subject["name"] in accounts:
-                    if subject.get("namespace") in (None, "default"):
-                        subject["namespace"] = target
+                if (
+                    subject["kind"] == "ServiceAccount"
+                    and subject["name"] in accounts
+                    and subject.get("namespace") in (None, "default")
+                ):
+                    subject["namespace"] = target
     return docs
 
 
