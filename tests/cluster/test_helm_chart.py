@@ -309,8 +309,8 @@ def test_deployment_topology_objects_fit_together() -> None:
         for rule in ingress["template"]["spec"]["rules"]
         for path in rule["http"]["paths"]
     ]
-    assert {(b["name"], b["port"]["number"]) for b in backends} == {
-        (service["metadata"]["name"], port["port"])
+    assert {(b["name"], b["port"]["name"]) for b in backends} == {
+        (service["metadata"]["name"], port["name"])
     }
     assert [
         p["path"] for r in ingress["template"]["spec"]["rules"] for p in r["http"]["paths"]
@@ -521,9 +521,9 @@ def test_deployment_topology_completes_a_csc_style_job(
     }
     environment = container_environment(container, config, namespace, secrets)
     # The container's mounts, here: the tokens Secret's folder (one client: the CSC).
-    (mount,) = container["volumeMounts"]
-    (volume,) = pod["volumes"]
-    assert volume["name"] == mount["name"] and volume["secret"]["secretName"] == "ocps-jobs-tokens"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "auth-tokens"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "auth-tokens"]
+    assert volume["secret"]["secretName"] == "ocps-jobs-tokens"
     tokens = tmp_path / "tokens"
     tokens.mkdir()
     (tokens / "tokens").write_text("csc-token ocps-csc\n")
