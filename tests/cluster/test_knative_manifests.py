@@ -79,8 +79,10 @@ def kustomization() -> Doc:
 def render(namespace: str | None = None) -> list[Doc]:
     """``kustomize build knative/`` (resources + namespace), optionally into another namespace.
 
-    Like kustomize, the namespace is set on every object and on RoleBinding subjects that
-    name a ServiceAccount of the same build without a namespace of their own.
+    Like kustomize (its namespace transformer's default, ``setRoleBindingSubjects:
+    defaultOnly``), the namespace is set on every object and on RoleBinding subjects that
+    name a ServiceAccount of the same build in no namespace or ``default`` (the chart's
+    rendering, scripts/render-knative, names ``default``).
     """
     config = kustomization()
     unsupported = set(config) - {"apiVersion", "kind", "namespace", "resources"}
@@ -92,8 +94,12 @@ def render(namespace: str | None = None) -> list[Doc]:
         doc["metadata"]["namespace"] = target
         if doc["kind"] == "RoleBinding":
             for subject in doc.get("subjects", []):
-                if subject["kind"] == "ServiceAccount" and subject["name"] in accounts:
-                    subject.setdefault("namespace", target)
+                if (
+                    subject["kind"] == "ServiceAccount"
+                    and subject["name"] in accounts
+                    and subject.get("namespace") in (None, "default")
+                ):
+                    subject["namespace"] = target
     return docs
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .. import __version__
 from ..models import (
     DeleteResponse,
     ErrorBody,
@@ -209,7 +209,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "OCPS Job Manager",
-            "version": __version__,
+            "version": importlib.metadata.version("ocps-jobs"),
             "description": "The OCPS JSON interface, byte-compatible with the 2021 prototype.",
         },
         "paths": paths,
