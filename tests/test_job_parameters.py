@@ -36,6 +36,8 @@ SAMPLES: dict[str, Any] = {
     "url": "file:///nonexistent/parameters.git",
     "commit_ref": "parameters-ref",
     "replicas": 3,
+    "cpu": "2",
+    "memory": "3Gi",
 }
 
 

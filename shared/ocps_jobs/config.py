@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
+from .conventions import RESERVED_ENV_NAMES
 from .errors import SettingsError
+from .podconfig import (
+    DNS_SUBDOMAIN,
+    QUANTITY,
+    DataVolume,
+    JobSecretFiles,
+    JobSecurityContext,
+    JobVariable,
+    ResourceProfile,
+    Toleration,
+    check_label_key,
+    check_label_value,
+)
 from .uploader.contract import DEFAULT_UPLOAD_INTERVAL_SECONDS
 
 __all__ = ["Settings", "default_data_dir"]
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def default_data_dir() -> Path:
@@ -30,6 +55,8 @@ def _default_concurrency() -> int:
 def _is_complex(annotation: Any) -> bool:
     """Whether a field's environment value is JSON (dicts and sets), as pydantic-settings."""
     if annotation in (dict, list, set, frozenset, tuple):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return True
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -58,6 +85,15 @@ def _from_environment(fields: dict[str, FieldInfo]) -> dict[str, Any]:
                     raise ValueError(f"{variable.upper()} is not valid JSON") from None
                 break
     return values
+
+
+def _problem(item: Any) -> str:
+    """One validation error as a line naming the setting (and where inside it)."""
+    location = [str(part) for part in item["loc"]]
+    if not location:
+        return f"settings: {item['msg']}"
+    inside = f" at {'.'.join(location[1:])}" if len(location) > 1 else ""
+    return f"OCPS_{location[0].upper()}{inside}: {item['msg']}"
 
 
 class Settings(BaseModel):
@@ -113,6 +149,40 @@ class Settings(BaseModel):
     job_termination_grace_seconds: int = Field(default=300, ge=30)
     s3_credentials_secret: str = "ocps-jobs-s3"  # noqa: S105 - a Secret's name
 
+    # Job pods as the summit's pipelines need them (docs/migrating-from-2021.md).
+    # NAME -> an NFS export or a PVC, read-only or read-write, at DATA_DIR_<NAME>.
+    data_volumes: dict[str, DataVolume] = Field(default_factory=dict)
+    # Secrets mounted as files (Butler credentials), readable by the job's user and fsGroup.
+    job_secret_files: list[JobSecretFiles] = Field(default_factory=list)
+    # Variables of every job, after the system's and before the caller's: a literal, or
+    # {"secret": name, "key": key}.
+    job_variables: dict[str, JobVariable] = Field(default_factory=dict)
+    job_security_context: JobSecurityContext = Field(default_factory=JobSecurityContext)
+    job_node_selector: dict[str, str] = Field(default_factory=dict)
+    job_tolerations: list[Toleration] = Field(default_factory=list)
+    # A Kubernetes affinity (camelCase keys, as in a pod spec).
+    job_affinity: dict[str, Any] = Field(default_factory=dict)
+    job_priority_class: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    job_image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = (
+        Field(default_factory=list)
+    )
+    job_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    # Size limit of the work folder (an emptyDir holding $JOB_OUTPUT_DIR and the clone).
+    job_work_dir_size_limit: Annotated[str, Field(pattern=QUANTITY)] | None = None
+    # Resources by the value of one of the job's variables (e.g. BUTLER_REPO): value ->
+    # profile; a job without that variable, or another value, gets the job_* defaults.
+    job_resource_profile_variable: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    job_resource_profiles: dict[str, ResourceProfile] = Field(default_factory=dict)
+    # Largest per-job cpu / memory a request may ask for; unset: per-job requests refused.
+    job_max_cpu: Annotated[str, Field(pattern=QUANTITY)] | None = None
+    job_max_memory: Annotated[str, Field(pattern=QUANTITY)] | None = None
+    # With a pattern, a job's IMAGE_TAG variable picks the job image's tag among the tags
+    # that match it in full (any other: 400); unset, IMAGE_TAG is only a variable.
+    job_image_tag_pattern: str | None = None
+    # Labels and annotations of every Job and its pods (e.g. Argo CD's).
+    job_labels: dict[str, str] = Field(default_factory=dict)
+    job_annotations: dict[str, str] = Field(default_factory=dict)
+
     # Authentication. Off by default on the embedded backend (which binds to loopback),
     # on by default on Kubernetes. Tokens map a bearer token to the identity it stands for;
     # the trusted header is only safe behind an ingress that sets it and strips clients' own.
@@ -120,6 +190,13 @@ class Settings(BaseModel):
     auth_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
     auth_tokens_file: Path | None = None
     auth_header: str | None = None
+    # Networks (CIDR) the trusted header is believed from: the ingress's. Empty: from any
+    # peer. A request from these networks without credentials is refused (401) even when
+    # an anonymous identity is set.
+    auth_header_sources: frozenset[str] = frozenset()
+    # The identity of requests without credentials from elsewhere (the CSC in the
+    # cluster, which sends none; the NetworkPolicy admits only it besides the ingress).
+    anonymous_identity: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     admin_users: frozenset[str] = frozenset()
     # Browser origins allowed to call the API (CORS); none unless configured, "*" for any.
     cors_origins: frozenset[str] = frozenset()
@@ -146,6 +223,73 @@ class Settings(BaseModel):
     # for the links in UWS documents; by default taken from each request's Host.
     public_url: str | None = None
 
+    @field_validator("auth_header_sources")
+    @classmethod
+    def _networks(cls, value: frozenset[str]) -> frozenset[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("job_image_tag_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+    @field_validator("data_volumes", "data_dirs")
+    @classmethod
+    def _volume_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"{name!r} does not make a variable name DATA_DIR_<NAME>")
+        return value
+
+    @field_validator("job_variables")
+    @classmethod
+    def _variable_names(cls, value: dict[str, JobVariable]) -> dict[str, JobVariable]:
+        for name in value:
+            if not re.fullmatch(_ENV_NAME, name):
+                raise ValueError(f"{name!r} is not a variable name")
+            if name in RESERVED_ENV_NAMES:
+                raise ValueError(f"{name} is set by the service itself")
+        return value
+
+    @field_validator("job_labels", "job_node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            check_label_key(key)
+            check_label_value(text)
+        return value
+
+    @field_validator("job_annotations", "pod_annotations")
+    @classmethod
+    def _annotation_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            check_label_key(key)
+        return value
+
+    @field_validator("job_affinity")
+    @classmethod
+    def _affinity(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"})
+        if unknown:
+            raise ValueError(f"unknown affinity field(s): {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        both = sorted(set(self.data_dirs) & set(self.data_volumes))
+        if both:
+            raise ValueError(f"data_volumes and data_dirs both name {', '.join(both)}")
+        if self.job_resource_profiles and not self.job_resource_profile_variable:
+            raise ValueError("job_resource_profiles need job_resource_profile_variable")
+        return self
+
     @property
     def authentication_required(self) -> bool:
         """Whether anonymous requests are refused (explicit setting, else by backend)."""
@@ -170,10 +314,7 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as error:
-            problems = [
-                f"OCPS_{str(item['loc'][0]).upper() if item['loc'] else 'settings'}: {item['msg']}"
-                for item in error.errors(include_url=False)
-            ]
+            problems = [_problem(item) for item in error.errors(include_url=False)]
             raise SettingsError("Invalid settings: " + "; ".join(problems)) from None
         except ValueError as error:  # an OCPS_* value that is not JSON where JSON is due
             raise SettingsError(f"Invalid settings: {error}") from None

@@ -16,6 +16,7 @@ __all__ = [
     "LABEL_JOB_ID",
     "LABEL_MANAGED_BY",
     "LABEL_OWNER",
+    "LABEL_RUN_ID",
     "LOG_RESULT_NAME",
     "MANAGED_BY",
     "RESERVED_ENV_NAMES",
@@ -47,6 +48,7 @@ MANAGED_BY = "ocps-jobs"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB_ID = ANNOTATION_PREFIX + "job-id"
 LABEL_OWNER = ANNOTATION_PREFIX + "owner"
+LABEL_RUN_ID = ANNOTATION_PREFIX + "run-id"
 
 
 class ANNOTATIONS:

@@ -28,7 +28,8 @@ def job_environment(
     """The variables a job sees, in the order DESIGN section 3 gives.
 
     ``JOB_ID``, ``JOB_OUTPUT_DIR``, the git variables when a URL was given,
-    ``DATA_DIR_<NAME>`` and ``PROJECT_PATH`` where configured, then the caller's entries.
+    ``DATA_DIR_<NAME>`` and ``PROJECT_PATH`` where configured, the operator's literal
+    variables, then the caller's entries (a Secret's variables are the backend's to add).
     """
     entries = [
         EnvironmentVariable(name=ENV_JOB_ID, value=job_id),
@@ -40,8 +41,15 @@ def job_environment(
             EnvironmentVariable(name=ENV_SRC_GIT_URL, value=parameters.url),
             EnvironmentVariable(name=ENV_GIT_COMMIT_REF, value=parameters.commit_ref or ""),
         ]
-    for name, path in sorted(settings.data_dirs.items()):
+    data_dirs = {
+        **settings.data_dirs,
+        **{name: volume.mount_path for name, volume in settings.data_volumes.items()},
+    }
+    for name, path in sorted(data_dirs.items()):
         entries.append(EnvironmentVariable(name=ENV_DATA_DIR_PREFIX + name.upper(), value=path))
     if settings.project_path:
         entries.append(EnvironmentVariable(name=ENV_PROJECT_PATH, value=settings.project_path))
+    for name, variable in sorted(settings.job_variables.items()):
+        if variable.value is not None:
+            entries.append(EnvironmentVariable(name=name, value=variable.value))
     return entries + list(parameters.environment)

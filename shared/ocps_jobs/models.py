@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from .conventions import RESERVED_ENV_NAMES
+from .podconfig import QUANTITY
 
 __all__ = [
     "ACTIVE_PHASES",
@@ -252,7 +253,28 @@ class JobRequest(BaseModel):
         Spelled(uws="replicas", cli="--replicas"),
     ] = 1
 
-    @field_validator("run_id", "url", "commit_ref", mode="before")
+    cpu: Annotated[
+        str | None,
+        Field(
+            max_length=32,
+            pattern=QUANTITY,
+            description="CPU the job's container asks for (e.g. `4`, `500m`), at most the "
+            "operator's maximum; default: the operator's resources.",
+        ),
+        Spelled(uws="cpu", cli="--cpu"),
+    ] = None
+    memory: Annotated[
+        str | None,
+        Field(
+            max_length=32,
+            pattern=QUANTITY,
+            description="Memory the job's container asks for (e.g. `16Gi`), at most the "
+            "operator's maximum; default: the operator's resources.",
+        ),
+        Spelled(uws="memory", cli="--memory"),
+    ] = None
+
+    @field_validator("run_id", "url", "commit_ref", "cpu", "memory", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -307,6 +329,8 @@ class JobParameters(BaseModel):
     url: str | None = None
     commit_ref: str | None = None
     replicas: int = 1
+    cpu: str | None = None
+    memory: str | None = None
 
     @classmethod
     def from_request(cls, request: JobRequest) -> JobParameters:

@@ -1,8 +1,15 @@
-"""Who is calling: a bearer token or a trusted identity header, else anonymous when allowed."""
+"""Who is calling: a bearer token, a trusted identity header, else the anonymous identity.
+
+The trusted header is believed only from the networks the deployment names as its
+ingress's (``auth_header_sources``; none named: from any peer). A request without
+credentials gets the configured anonymous identity (the CSC's, which sends none), unless it
+came from the ingress: from outside, credentials are required.
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 
@@ -26,6 +33,17 @@ class Authenticator:
         self.settings = settings
         self._stamp: tuple[int, int] | None = None
         self._tokens = self._read_tokens()
+        self._sources = [
+            ipaddress.ip_network(network, strict=False) for network in settings.auth_header_sources
+        ]
+
+    def _from_ingress(self, address: str | None) -> bool:
+        """Whether a peer address is in the networks named as the ingress's."""
+        try:
+            peer = ipaddress.ip_address((address or "").split("%")[0])
+        except ValueError:
+            return False
+        return any(peer in network for network in self._sources)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         path = self.settings.auth_tokens_file
@@ -70,12 +88,16 @@ class Authenticator:
                 raise AuthenticationRequiredError("The bearer token is not valid")
             return self._caller(found)
         trusted = self.settings.auth_header
-        if trusted:
+        from_ingress = bool(self._sources) and self._from_ingress(request.remote_addr)
+        if trusted and (from_ingress or not self._sources):
             identity = request.headers.get(trusted, "").strip()
             if identity:
                 if len(identity) > _MAX_IDENTITY_LENGTH or not identity.isprintable():
                     raise AuthenticationRequiredError(f"Invalid identity in {trusted}")
                 return self._caller(identity)
+        anonymous = self.settings.anonymous_identity
+        if anonymous and not from_ingress:
+            return self._caller(anonymous)
         if self.settings.authentication_required:
             raise AuthenticationRequiredError(
                 "Authentication required: send 'Authorization: Bearer <token>'"

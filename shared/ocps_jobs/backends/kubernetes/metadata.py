@@ -6,7 +6,14 @@ import hashlib
 import re
 
 from ...config import Settings
-from ...conventions import ANNOTATIONS, LABEL_JOB_ID, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
+from ...conventions import (
+    ANNOTATIONS,
+    LABEL_JOB_ID,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER,
+    LABEL_RUN_ID,
+    MANAGED_BY,
+)
 from ...errors import PayloadTooLargeError
 from ...models import JobRecord
 
@@ -16,9 +23,12 @@ __all__ = ["ANNOTATION_BUDGET", "build_labels", "job_annotations", "owner_label"
 ANNOTATION_BUDGET = 256 * 1024 - 8 * 1024
 
 
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
 def owner_label(owner: str) -> str:
     """A label value for the owner: the name itself when it is a valid label value."""
-    if re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?", owner):
+    if _LABEL_VALUE.fullmatch(owner):
         return owner
     return "sha256-" + hashlib.sha256(owner.encode()).hexdigest()[:56]
 
@@ -54,16 +64,24 @@ def pod_annotations(record: JobRecord, settings: Settings) -> dict[str, str]:
     Without the rendered environment: the parameters have the caller's entries.
     """
     annotations = {
+        **settings.job_annotations,
         **settings.pod_annotations,
         ANNOTATIONS.RECORD: record.model_dump_json(exclude={"environment"}),
     }
     return _within_budget(annotations, "record")
 
 
-def build_labels(record: JobRecord) -> dict[str, str]:
-    """The labels of the Job and its pods: managed by us, the job ID and the owner."""
-    return {
+def build_labels(record: JobRecord, settings: Settings) -> dict[str, str]:
+    """The labels of the Job and its pods: the operator's, managed by us, job ID, owner, run.
+
+    The run id is a label only where it is a valid label value (the annotation keeps it).
+    """
+    labels = {
+        **settings.job_labels,
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB_ID: record.job_id,
         LABEL_OWNER: owner_label(record.owner),
     }
+    if record.run_id and _LABEL_VALUE.fullmatch(record.run_id):
+        labels[LABEL_RUN_ID] = record.run_id
+    return labels

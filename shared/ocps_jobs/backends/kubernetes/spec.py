@@ -11,7 +11,6 @@ from kubernetes.client import (
     V1Container,
     V1DownwardAPIVolumeFile,
     V1DownwardAPIVolumeSource,
-    V1EmptyDirVolumeSource,
     V1EnvFromSource,
     V1EnvVar,
     V1EnvVarSource,
@@ -19,7 +18,6 @@ from kubernetes.client import (
     V1JobSpec,
     V1ObjectFieldSelector,
     V1ObjectMeta,
-    V1PersistentVolumeClaimVolumeSource,
     V1PodSpec,
     V1PodTemplateSpec,
     V1ResourceRequirements,
@@ -49,6 +47,21 @@ from .metadata import (
     pod_annotations,
 )
 from .scripts import GIT_CLONE_SCRIPT, WRAPPER_SCRIPT, from_kubelet_literal, kubelet_literal
+from .spec_pod import (
+    build_affinity,
+    build_container_security_context,
+    build_data_mounts,
+    build_data_volumes,
+    build_image,
+    build_image_pull_secrets,
+    build_pod_security_context,
+    build_resources,
+    build_secret_env,
+    build_secret_file_mounts,
+    build_secret_file_volumes,
+    build_tolerations,
+    build_work_volume_source,
+)
 
 __all__ = [
     "ANNOTATION_BUDGET",
@@ -97,12 +110,8 @@ def build_environment(record: JobRecord, settings: Settings) -> list[Environment
     )
 
 
-def _data_claims(settings: Settings) -> list[str]:
-    return [name for name in sorted(settings.data_volume_claims) if name in settings.data_dirs]
-
-
 def build_volumes(settings: Settings) -> list[V1Volume]:
-    """The work folder, the record file and the read-only data volumes."""
+    """The work folder, the record file, the data volumes and the secret files."""
     record_source = V1ObjectFieldSelector(
         field_path=f"metadata.annotations['{ANNOTATIONS.RECORD}']"
     )
@@ -110,33 +119,14 @@ def build_volumes(settings: Settings) -> list[V1Volume]:
         path=posixpath.basename(RECORD_FILE), field_ref=record_source
     )
     return [
-        V1Volume(name=_WORK_VOLUME, empty_dir=V1EmptyDirVolumeSource()),
+        V1Volume(name=_WORK_VOLUME, empty_dir=build_work_volume_source(settings)),
         V1Volume(
             name=_RECORD_VOLUME,
             downward_api=V1DownwardAPIVolumeSource(items=[record_file]),
         ),
-    ] + [
-        V1Volume(
-            name=f"data-{name.lower()}",
-            persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
-                claim_name=settings.data_volume_claims[name], read_only=True
-            ),
-        )
-        for name in _data_claims(settings)
+        *build_data_volumes(settings),
+        *build_secret_file_volumes(settings),
     ]
-
-
-def build_resources(settings: Settings) -> V1ResourceRequirements:
-    """The job container's requests, and its limits where configured."""
-    limits = {
-        key: value
-        for key, value in (("cpu", settings.job_cpu_limit), ("memory", settings.job_memory_limit))
-        if value
-    }
-    return V1ResourceRequirements(
-        requests={"cpu": settings.job_cpu_request, "memory": settings.job_memory_request},
-        limits=limits or None,
-    )
 
 
 def build_replica_env(replicas: int) -> list[V1EnvVar]:
@@ -199,6 +189,7 @@ def build_uploader(record: JobRecord, settings: Settings) -> V1Container:
         ],
         restart_policy="Always",
         resources=V1ResourceRequirements(requests={"cpu": "100m", "memory": "128Mi"}),
+        security_context=build_container_security_context(),
     )
 
 
@@ -206,8 +197,14 @@ def _job_env(environment: list[EnvironmentVariable]) -> list[V1EnvVar]:
     return [V1EnvVar(name=entry.name, value=kubelet_literal(entry.value)) for entry in environment]
 
 
-def _image(settings: Settings) -> str:
-    return f"{settings.job_image}:{settings.job_image_tag}"
+def _main_env(
+    record: JobRecord, settings: Settings, environment: list[EnvironmentVariable]
+) -> list[V1EnvVar]:
+    """The job's variables, those from Secrets just before the caller's own."""
+    callers = len(record.parameters.environment)
+    system = environment[: len(environment) - callers]
+    own = environment[len(environment) - callers :]
+    return _job_env(system) + build_secret_env(settings) + _job_env(own)
 
 
 def build_git_clone(
@@ -217,12 +214,14 @@ def build_git_clone(
     work, _, _ = job_paths(record.job_id, settings)
     return V1Container(
         name=CONTAINER_GIT_CLONE,
-        image=_image(settings),
+        image=build_image(record, settings),
+        image_pull_policy=settings.job_image_pull_policy,
         command=["/bin/bash", "-c", kubelet_literal(GIT_CLONE_SCRIPT)],
         env=[e for e in _job_env(environment) if e.name in _GIT_CLONE_VARIABLES]
         + [V1EnvVar(name="GIT_TERMINAL_PROMPT", value="0")],
         volume_mounts=[V1VolumeMount(name=_WORK_VOLUME, mount_path=work)],
         termination_message_policy="File",
+        security_context=build_container_security_context(),
     )
 
 
@@ -231,15 +230,10 @@ def build_main_container(
 ) -> V1Container:
     """The job container: the wrapper script running the caller's command."""
     work, _, _ = job_paths(record.job_id, settings)
-    data_mounts = [
-        V1VolumeMount(
-            name=f"data-{name.lower()}", mount_path=settings.data_dirs[name], read_only=True
-        )
-        for name in _data_claims(settings)
-    ]
     return V1Container(
         name=CONTAINER_JOB,
-        image=_image(settings),
+        image=build_image(record, settings),
+        image_pull_policy=settings.job_image_pull_policy,
         command=[
             "/bin/bash",
             "-c",
@@ -247,10 +241,16 @@ def build_main_container(
             "ocps-job",
             kubelet_literal(record.parameters.command),
         ],
-        env=_job_env(environment) + build_replica_env(record.parameters.replicas),
-        volume_mounts=[V1VolumeMount(name=_WORK_VOLUME, mount_path=work), *data_mounts],
-        resources=build_resources(settings),
+        env=_main_env(record, settings, environment)
+        + build_replica_env(record.parameters.replicas),
+        volume_mounts=[
+            V1VolumeMount(name=_WORK_VOLUME, mount_path=work),
+            *build_data_mounts(settings),
+            *build_secret_file_mounts(settings),
+        ],
+        resources=build_resources(record, settings),
         termination_message_policy="FallbackToLogsOnError",
+        security_context=build_container_security_context(),
     )
 
 
@@ -269,6 +269,12 @@ def build_pod_spec(record: JobRecord, settings: Settings) -> V1PodSpec:
         init_containers=init_containers,
         containers=[build_main_container(record, settings, environment)],
         volumes=build_volumes(settings),
+        security_context=build_pod_security_context(settings),
+        node_selector=dict(settings.job_node_selector) or None,
+        tolerations=build_tolerations(settings),
+        affinity=build_affinity(settings),
+        priority_class_name=settings.job_priority_class,
+        image_pull_secrets=build_image_pull_secrets(settings),
     )
 
 
@@ -276,7 +282,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
     """The ``batch/v1`` Job running ``record``; ``suspend`` keeps a PENDING job from starting."""
     annotations = job_annotations(record)  # 413 first when the metadata is too large
     template_annotations = pod_annotations(record, settings)
-    labels = build_labels(record)
+    labels = build_labels(record, settings)
     replicas = record.parameters.replicas
     return V1Job(
         api_version="batch/v1",
@@ -285,7 +291,7 @@ def build_job(record: JobRecord, settings: Settings, *, suspend: bool) -> V1Job:
             name=job_name(record.job_id),
             namespace=settings.namespace,
             labels=labels,
-            annotations=annotations,
+            annotations={**settings.job_annotations, **annotations},
         ),
         spec=V1JobSpec(
             backoff_limit=0,
