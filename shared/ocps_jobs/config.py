@@ -40,6 +40,33 @@ from .uploader.contract import DEFAULT_UPLOAD_INTERVAL_SECONDS
 __all__ = ["Settings", "default_data_dir"]
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Settings of the Kubernetes job pod only (the embedded backend says once it ignores them).
+_POD_ONLY = frozenset(
+    {
+        "data_volume_claims",
+        "pod_annotations",
+        "job_secret_files",
+        "job_security_context",
+        "job_node_selector",
+        "job_tolerations",
+        "job_affinity",
+        "job_priority_class",
+        "job_image_pull_secrets",
+        "job_image_pull_policy",
+        "job_work_dir_size_limit",
+        "job_resource_profile_variable",
+        "job_resource_profiles",
+        "job_max_cpu",
+        "job_max_memory",
+        "job_image_tag_pattern",
+        "job_labels",
+        "job_annotations",
+        "job_cpu_request",
+        "job_memory_request",
+        "job_cpu_limit",
+        "job_memory_limit",
+    }
+)
 
 
 def default_data_dir() -> Path:
@@ -289,6 +316,16 @@ class Settings(BaseModel):
         if self.job_resource_profiles and not self.job_resource_profile_variable:
             raise ValueError("job_resource_profiles need job_resource_profile_variable")
         return self
+
+    def ignored_by_local_backend(self) -> list[str]:
+        """The job pod settings given that a local process has no use for, as OCPS_* names.
+
+        The embedded backend applies the variables (literal ones) and data folders.
+        """
+        ignored = [f"OCPS_{name.upper()}" for name in sorted(self.model_fields_set & _POD_ONLY)]
+        if any(variable.secret is not None for variable in self.job_variables.values()):
+            ignored.append("OCPS_JOB_VARIABLES (those from Secrets)")
+        return ignored
 
     @property
     def authentication_required(self) -> bool:

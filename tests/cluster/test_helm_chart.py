@@ -321,11 +321,13 @@ def test_deployment_topology_objects_fit_together() -> None:
     policy = one(docs, "networking.k8s.io/v1", "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     (rule,) = policy["spec"]["ingress"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert rule["from"] == [
         {
             "namespaceSelector": {},
             "podSelector": {"matchLabels": {"gafaelfawr.lsst.io/ingress": "true"}},
-        }
+        },
+        *values["networkPolicy"]["clients"],  # the CSCs' pods (tests/cluster/test_csc_workload)
     ]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     # Behind Gafaelfawr the service trusts its user header; behind a plain Ingress it does not.

@@ -106,6 +106,9 @@ class LocalBackend(InMemoryRecords):
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._closed = False
         self._sweep_wakeup = threading.Event()
+        ignored = settings.ignored_by_local_backend()
+        if ignored:
+            log.info("the embedded backend ignores these job pod settings: %s", ", ".join(ignored))
         self._recover()
         self._workers = [
             threading.Thread(target=self._work, name=f"ocps-job-worker-{n}", daemon=True)
