@@ -104,6 +104,16 @@ class DataVolume(_Strict):
         return self
 
 
+def _octal(value: Any) -> Any:
+    """A mode written as text is octal (``"0400"``); JSON has no octal numbers."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal file mode") from None
+    return value
+
+
 class JobSecretFiles(_Strict):
     """A Secret's keys as files of every job pod, readable by the job's user (and fsGroup)."""
 
@@ -111,7 +121,7 @@ class JobSecretFiles(_Strict):
     mount_path: AbsolutePath
     # File mode; with the pod's fsGroup the files belong to that group (Kubernetes adds
     # group read to the mode of a read-only volume).
-    mode: Annotated[int, Field(ge=0, le=0o777)] = 0o400
+    mode: Annotated[int, Field(ge=0, le=0o777), BeforeValidator(_octal)] = 0o400
     # Key -> file name; empty: every key as a file of its own name.
     items: dict[str, Annotated[str, Field(pattern=r"^[^/\x00][^\x00]*$")]] = {}
 

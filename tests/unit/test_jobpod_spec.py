@@ -86,7 +86,7 @@ def test_secret_files_and_variables_literal_or_from_a_secret_key() -> None:
             {
                 "secret": "uws",
                 "mount_path": "/home/lsst/.lsst",
-                "mode": 0o400,
+                "mode": "0400",  # as text: octal
                 "items": {"postgres-credentials.txt": "postgres-credentials.txt"},
             }
         ],
@@ -259,6 +259,10 @@ BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
     "volume bad name": ({"data_volumes": {"A-B": {"mount_path": "/a", "claim": "c"}}}, "A-B"),
     "secret files mode": (
         {"job_secret_files": [{"secret": "s", "mount_path": "/s", "mode": 0o1000}]},
+        "OCPS_JOB_SECRET_FILES at 0.mode",
+    ),
+    "secret files mode text": (
+        {"job_secret_files": [{"secret": "s", "mount_path": "/s", "mode": "rw"}]},
         "OCPS_JOB_SECRET_FILES at 0.mode",
     ),
     "variable half secret": ({"job_variables": {"A": {"secret": "s"}}}, "OCPS_JOB_VARIABLES"),
