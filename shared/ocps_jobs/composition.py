@@ -27,7 +27,9 @@ def build_backend(settings: Settings, store: ObjectStore) -> JobBackend:
     """The configured backend."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
+        from .backends.kubernetes.spec_pod import check_pod_settings
 
+        check_pod_settings(settings)
         return KubernetesBackend(settings, store)
     from .backends.local import LocalBackend
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ocps_jobs.backends.kubernetes.spec import build_job
+from ocps_jobs.backends.kubernetes.spec_pod import check_pod_settings
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import LABEL_RUN_ID
 from ocps_jobs.errors import InvalidRequestError, SettingsError
@@ -304,3 +305,26 @@ def test_each_bad_setting_is_refused_in_one_line_naming_it(case: str) -> None:
         settings(**values)
     message = str(raised.value)
     assert named in message and "\n" not in message, message
+
+
+def test_an_affinity_kubernetes_would_refuse_stops_the_start_naming_where() -> None:
+    wrong = settings(job_affinity={"nodeAffinity": {"requiredDuringScheduling": {}}})
+    with pytest.raises(SettingsError) as raised:
+        check_pod_settings(wrong)
+    message = str(raised.value)
+    assert "OCPS_JOB_AFFINITY at nodeAffinity.requiredDuringScheduling" in message
+    assert "\n" not in message
+    check_pod_settings(settings(job_affinity={"podAntiAffinity": {}}))  # a valid one passes
+
+
+def test_the_service_is_not_built_with_such_an_affinity(tmp_path: Any) -> None:
+    from ocps_jobs.composition import build_service
+
+    wrong = settings(
+        job_affinity={"nodeAffinity": {"requiredDuringScheduling": {}}},
+        s3_endpoint="http://127.0.0.1:9",
+        kubeconfig=tmp_path / "never-read",
+        data_dir=tmp_path,
+    )
+    with pytest.raises(SettingsError, match="OCPS_JOB_AFFINITY"):
+        build_service(wrong)

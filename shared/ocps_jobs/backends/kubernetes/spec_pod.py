@@ -27,9 +27,10 @@ from kubernetes.client import (
     V1Volume,
     V1VolumeMount,
 )
+from pydantic import ValidationError
 
 from ...config import Settings
-from ...errors import InvalidRequestError
+from ...errors import InvalidRequestError, SettingsError
 from ...models import JobRecord
 from ...podconfig import ResourceProfile, quantity_value
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_secret_file_volumes",
     "build_tolerations",
     "build_work_volume_source",
+    "check_pod_settings",
     "resource_profile",
 ]
 
@@ -195,6 +197,18 @@ def build_affinity(settings: Settings) -> V1Affinity | None:
     if not settings.job_affinity:
         return None
     return V1Affinity.model_validate(settings.job_affinity)
+
+
+def check_pod_settings(settings: Settings) -> None:
+    """Refuse at start what only Kubernetes' own models check: the affinity's inner fields."""
+    try:
+        build_affinity(settings)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SettingsError(
+            f"Invalid settings: OCPS_JOB_AFFINITY at {where}: {first['msg']}"
+        ) from None
 
 
 def build_image_pull_secrets(settings: Settings) -> list[V1LocalObjectReference] | None:
