@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import cluster, coldstart, local, transfer
+from . import cluster, coldstart, local, scale, transfer
 from .common import Result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,6 +26,7 @@ SUITES: dict[str, Callable[[Path, bool], Iterable[Result]]] = {
     "coldstart": coldstart.run,
     "local": local.run,
     "cluster": cluster.run,
+    "scale": scale.run,
     "transfer": transfer.run,
 }
 
