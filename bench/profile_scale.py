@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
+import shutil
 import tempfile
 import threading
 import time
@@ -85,18 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
-    import os
 
     os.environ.update(S3_ENV)
     work = Path(tempfile.mkdtemp(prefix="ocps-profile-"))
+    try:
+        _profile(work, args.jobs, args.top)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _profile(work: Path, jobs: int, top: int) -> None:
+    """Fill, then profile the first list and trace the memory of a synced backend."""
     with s3_server(work) as s3, control_plane(work, "testenv-profile", ROOMY_NODE) as plane:
         s3_client(s3.url).create_bucket(Bucket=BUCKET)
         kube = Kube(plane)
         namespace = kube.namespace("bench-profile")
-        print(f"# fill {args.jobs} Jobs: {_fill(kube, namespace, args.jobs, work):.1f} s")
+        print(f"# fill {jobs} Jobs: {_fill(kube, namespace, jobs, work):.1f} s")
         # Wait until every pod runs, through a throwaway backend.
         warm = _backend(plane.kubeconfig, namespace, s3.url, work / "warm")
-        _synced(warm, args.jobs)
+        _synced(warm, jobs)
         warm.close()
         del warm
 
@@ -112,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for title, profiles in (("the request's thread", [profile]), ("watches", threads.profiles)):
             text = io.StringIO()
             stats = pstats.Stats(*profiles, stream=text)
-            stats.sort_stats("tottime").print_stats(args.top)
+            stats.sort_stats("tottime").print_stats(top)
             print(f"# {title}, by own time\n{text.getvalue()}")
         profiled.close()
         del profiled, records, profile
@@ -120,18 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         before = _rss_kb()
         tracemalloc.start(10)
         traced = _backend(plane.kubeconfig, namespace, s3.url, work / "tracemalloc")
-        _synced(traced, args.jobs)
+        _synced(traced, jobs)
         traced.list_records()
         snapshot = tracemalloc.take_snapshot()
         after = _rss_kb()
         total = sum(stat.size for stat in snapshot.statistics("filename"))
         print(
             f"# traced after sync + list: {total / 1024 / 1024:.1f} MiB held by Python "
-            f"({total / args.jobs / 1024:.1f} KB/Job); VmRSS +{(after - before) / 1024:.1f} MB"
+            f"({total / jobs / 1024:.1f} KB/Job); VmRSS +{(after - before) / 1024:.1f} MB"
         )
         for kind in ("filename", "lineno"):
-            print(f"# top {args.top} by {kind}")
-            for stat in snapshot.statistics(kind)[: args.top]:
+            print(f"# top {top} by {kind}")
+            for stat in snapshot.statistics(kind)[:top]:
                 print(f"{stat.size / 1024:10.0f} KiB {stat.count:8d} blocks  {stat.traceback}")
         print("# top tracebacks")
         for stat in snapshot.statistics("traceback")[:8]:
@@ -139,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             for line in stat.traceback.format()[-12:]:
                 print("   ", line)
         traced.close()
-    return 0
 
 
 if __name__ == "__main__":

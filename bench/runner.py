@@ -50,8 +50,10 @@ def machine() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, under two minutes")
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="every line at smaller sizes (a few minutes)"
+    )
     parser.add_argument("--only", action="append", choices=sorted(SUITES), help="run these suites")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
