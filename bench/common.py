@@ -37,6 +37,11 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "bench-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+# OCPS_BENCH_SERVER_ENV='NAME=VALUE ...': added to the environment of the servers measured
+# (``ocps-jobs serve`` and the results function), e.g. MALLOC_ARENA_MAX=2.
+SERVER_ENV = dict(
+    item.split("=", 1) for item in os.environ.get("OCPS_BENCH_SERVER_ENV", "").split() if item
+)
 
 
 @dataclass
@@ -377,15 +382,18 @@ CONTROLLER_QPS = "1000"
 
 
 @contextmanager
-def control_plane(work: Path) -> Iterator[ControlPlane]:
-    run_dir = work / "testenv"
+def control_plane(
+    work: Path, name: str = "testenv", env: dict[str, str] | None = None
+) -> Iterator[ControlPlane]:
+    """``scripts/testenv up`` in ``work/name``, ``env`` added to its environment; then down."""
+    run_dir = work / name
     up = subprocess.run(
         [str(TESTENV), "up", "--dir", str(run_dir)],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "OCPS_TESTENV_CONTROLLER_QPS": CONTROLLER_QPS},
+        env={**os.environ, "OCPS_TESTENV_CONTROLLER_QPS": CONTROLLER_QPS, **(env or {})},
     )
     try:
         if up.returncode != 0:

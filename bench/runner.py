@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import cluster, coldstart, local, transfer
+from . import cluster, coldstart, local, scale, transfer
 from .common import Result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,6 +26,7 @@ SUITES: dict[str, Callable[[Path, bool], Iterable[Result]]] = {
     "coldstart": coldstart.run,
     "local": local.run,
     "cluster": cluster.run,
+    "scale": scale.run,
     "transfer": transfer.run,
 }
 
@@ -49,8 +50,10 @@ def machine() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, under two minutes")
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="every line at smaller sizes (a few minutes)"
+    )
     parser.add_argument("--only", action="append", choices=sorted(SUITES), help="run these suites")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")

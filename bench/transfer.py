@@ -18,6 +18,7 @@ from .common import (
     PYTHON,
     ROOT,
     S3_ENV,
+    SERVER_ENV,
     Result,
     Server,
     cpu_seconds,
@@ -35,9 +36,7 @@ from .common import (
 
 MIB = 1024 * 1024
 BUCKET = "ocps-jobs"
-EXTRA_ENV = dict(
-    item.split("=", 1) for item in os.environ.get("OCPS_BENCH_SERVER_ENV", "").split() if item
-)
+
 BLOCK = random.Random(1).randbytes(MIB)
 
 
@@ -106,6 +105,9 @@ DOWNLOAD_SERVERS = {
     "function": "results function, functions-framework CLI (gunicorn gthread), as on Knative",
     "serve": "ocps-jobs serve (all functions in one waitress process), the embedded default",
 }
+# Each server's goal as a fraction of a direct boto3 GET: the embedded default stays one
+# waitress process, which copies every byte through its output buffer.
+DOWNLOAD_GOALS = {"function": 0.8, "serve": 0.7}
 
 
 def _download_server(
@@ -116,9 +118,9 @@ def _download_server(
     data_dir = work / f"{name}-data"  # ocps_server's data dir for ``name``
     job_id = _seed_job(data_dir, key, size)
     if kind == "serve":
-        server = ocps_server(work, name, ["--s3-endpoint", endpoint], env={**S3_ENV, **EXTRA_ENV})
+        server = ocps_server(work, name, ["--s3-endpoint", endpoint], env={**S3_ENV, **SERVER_ENV})
         return server, job_id
-    env = {**S3_ENV, **EXTRA_ENV, "OCPS_DATA_DIR": str(data_dir), "OCPS_S3_ENDPOINT": endpoint}
+    env = {**S3_ENV, **SERVER_ENV, "OCPS_DATA_DIR": str(data_dir), "OCPS_S3_ENDPOINT": endpoint}
     return function_server(work, "results", FUNCTIONS / "results" / "main.py", name, env), job_id
 
 
@@ -208,14 +210,15 @@ def bench_download(work: Path, quick: bool, endpoint: str) -> list[Result]:
             "ratio_meaning": "median over rounds of API MiB/s / boto3 MiB/s (higher is better)",
         }
         suffix = "_function" if kind == "function" else ""
+        goal = DOWNLOAD_GOALS[kind]
         results.append(
             Result(
                 f"download_{sizes[-1] // MIB}MiB{suffix}",
                 large["api_mib_s"],
                 "MiB/s",
                 large["boto3_mib_s"],
-                ">=0.8x boto3 GET, server VmHWM<=150MB and flat (+<=20MB) between sizes",
-                ratio >= 0.8 and peak_mb <= 150 and growth <= 20,
+                f">={goal}x boto3 GET, server VmHWM<=150MB and flat (+<=20MB) between sizes",
+                ratio >= goal and peak_mb <= 150 and growth <= 20,
                 ratio=ratio,
                 details=details,
             )
@@ -263,6 +266,16 @@ def _worker(
     return result
 
 
+# The boto3 configurations the uploader is measured against, in the same run and endpoint.
+BOTO3_UPLOADS = {
+    "sequential": "upload_file per file, default configuration",
+    "transfer": "one transfer manager, 16 concurrent transfers across files, 8 MiB parts",
+}
+UPLOAD_BEST_GOAL = 0.9  # uploader speed / the best boto3 configuration's
+SMALL_FILES_GOAL = 2.0  # uploader speed / sequential upload_file, small files alone
+PEAK_RSS_GOAL_MB = 200
+
+
 def bench_upload(work: Path, quick: bool, endpoint: str, s3_pid: int | None = None) -> list[Result]:
     small = 1000 if not quick else 300
     big = 1024 * MIB if not quick else 256 * MIB
@@ -271,37 +284,48 @@ def bench_upload(work: Path, quick: bool, endpoint: str, s3_pid: int | None = No
     total = make_outputs(folder, small, big)
     client = s3_client(endpoint)
     product: list[dict[str, Any]] = []
-    baseline: list[dict[str, Any]] = []
+    baselines: dict[str, list[dict[str, Any]]] = {mode: [] for mode in BOTO3_UPLOADS}
+    # The small files alone, to tell their share from the big file's.
+    only_small = work / "upload-small-only"
+    make_outputs(only_small, small, 0)
+    (only_small / "coadd" / "deep_coadd.fits").unlink()
     split: dict[str, float] = {}
-    if not quick:  # the small files alone, to tell their share from the big file's
-        only_small = work / "upload-small-only"
-        make_outputs(only_small, small, 0)
-        (only_small / "coadd" / "deep_coadd.fits").unlink()
-        split["small_only_sequential_s"] = _worker("sequential", endpoint, only_small, "s")[
-            "seconds"
-        ]
-        _empty_bucket(client, "baseline/")
-        split["small_only_uploader_s"] = _worker("uploader", endpoint, only_small, "s")["seconds"]
-        _empty_bucket(client, "jobs/s/")
+    split["small_only_sequential_s"] = _worker("sequential", endpoint, only_small, "s")["seconds"]
+    _empty_bucket(client, "baseline/")
+    split["small_only_uploader_s"] = _worker("uploader", endpoint, only_small, "s")["seconds"]
+    _empty_bucket(client, "jobs/s/")
     for _ in range(rounds):
         job_id = uuid.uuid4().hex
-        baseline.append(_worker("sequential", endpoint, folder, job_id, s3_pid))
-        _empty_bucket(client, "baseline/")
+        for mode, runs in baselines.items():
+            runs.append(_worker(mode, endpoint, folder, job_id, s3_pid))
+            _empty_bucket(client, "baseline/")
         product.append(_worker("uploader", endpoint, folder, job_id, s3_pid))
         _empty_bucket(client, f"jobs/{job_id}/")
     seconds = median([entry["seconds"] for entry in product])
-    base_seconds = median([entry["seconds"] for entry in baseline])
+    boto3_seconds = {
+        mode: median([entry["seconds"] for entry in runs]) for mode, runs in baselines.items()
+    }
+    best_mode = min(boto3_seconds, key=lambda mode: boto3_seconds[mode])
+    best_seconds = boto3_seconds[best_mode]
     peak_mb = max(entry["peak_rss_kb"] for entry in product) / 1024
-    ratio = base_seconds / seconds
+    ratio = best_seconds / seconds
+    small_ratio = split["small_only_sequential_s"] / split["small_only_uploader_s"]
     details = {
         "small_files": small,
         "big_file_mib": big // MIB,
         "total_mib": round(total / MIB, 1),
         "uploader_runs": product,
-        "sequential_runs": baseline,
+        **{f"{mode}_runs": runs for mode, runs in baselines.items()},
+        "boto3_configurations": BOTO3_UPLOADS,
+        "boto3_seconds": {mode: round(value, 2) for mode, value in boto3_seconds.items()},
+        "best_boto3": best_mode,
         "uploader_peak_rss_mb": round(peak_mb, 1),
-        "sequential_peak_rss_mb": round(max(e["peak_rss_kb"] for e in baseline) / 1024, 1),
-        "ratio_meaning": "sequential seconds / uploader seconds (higher is better)",
+        **{
+            f"{mode}_peak_rss_mb": round(max(e["peak_rss_kb"] for e in runs) / 1024, 1)
+            for mode, runs in baselines.items()
+        },
+        "small_only_ratio": round(small_ratio, 2),
+        "ratio_meaning": "best boto3 seconds / uploader seconds (higher is better)",
         "endpoint": s3_kind(),
         **{key: round(value, 2) for key, value in split.items()},
     }
@@ -310,9 +334,13 @@ def bench_upload(work: Path, quick: bool, endpoint: str, s3_pid: int | None = No
             "sidecar_upload",
             seconds,
             "s",
-            base_seconds,
-            ">=2x sequential boto3 upload_file, peak RSS<=200MB",
-            ratio >= 2.0 and peak_mb <= 200,
+            best_seconds,
+            f">={UPLOAD_BEST_GOAL}x best boto3 (transfer manager 16x8MiB or sequential), "
+            f"small files >={SMALL_FILES_GOAL:g}x sequential upload_file, "
+            f"peak RSS<={PEAK_RSS_GOAL_MB}MB",
+            ratio >= UPLOAD_BEST_GOAL
+            and small_ratio >= SMALL_FILES_GOAL
+            and peak_mb <= PEAK_RSS_GOAL_MB,
             ratio=ratio,
             details=details,
         )
