@@ -6,10 +6,14 @@ from flask import Request, Response
 from werkzeug.exceptions import HTTPException
 
 from ocps_jobs.errors import OCPSError
-from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, render_error
+from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, build_service, render_error
+from ocps_jobs.observability.startup import start_function
 
-# Settings are read on the first request, not here at import.
-_dispatch = FunctionApp(FUNCTION_ROUTES["query_job"])
+# Loading this module is the function's start: a bad setting stops the process here.
+_settings = start_function("query_job")
+_dispatch = FunctionApp(
+    FUNCTION_ROUTES["query_job"], lambda: build_service(_settings), name="query_job"
+)
 
 
 @functions_framework.http

@@ -6,10 +6,14 @@ from flask import Request, Response
 from werkzeug.exceptions import HTTPException
 
 from ocps_jobs.errors import OCPSError
-from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, render_error
+from ocps_jobs.http import FUNCTION_ROUTES, FunctionApp, build_service, render_error
+from ocps_jobs.observability.startup import start_function
 
-# Settings are read on the first request, not here at import.
-_dispatch = FunctionApp(FUNCTION_ROUTES["results"])
+# Loading this module is the function's start: a bad setting stops the process here.
+_settings = start_function("results")
+_dispatch = FunctionApp(
+    FUNCTION_ROUTES["results"], lambda: build_service(_settings), name="results"
+)
 
 
 @functions_framework.http

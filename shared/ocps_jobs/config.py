@@ -8,12 +8,15 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from .errors import SettingsError
 
 __all__ = ["Settings", "default_data_dir"]
+
+
+_LOG_LEVEL_NAMES = frozenset({"debug", "info", "warning", "error", "critical"})
 
 
 def default_data_dir() -> Path:
@@ -144,6 +147,18 @@ class Settings(BaseModel):
     # Absolute base URL clients reach the service at (e.g. https://ocps.example.org/), used
     # for the links in UWS documents; by default taken from each request's Host.
     public_url: str | None = None
+
+    # Logs: level, and JSON lines or readable text ("auto": text in a terminal, else JSON).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object) -> object:
+        """``info`` is ``INFO``, ``JSON`` is ``json``."""
+        if not isinstance(value, str):
+            return value
+        return value.upper() if value.lower() in _LOG_LEVEL_NAMES else value.lower()
 
     @property
     def authentication_required(self) -> bool:

@@ -33,6 +33,7 @@ from .conventions import (
 )
 from .errors import BackendUnavailableError
 from .objectstore.base import ObjectStore, guess_content_type
+from .observability.logs import configure_logging
 
 __all__ = [
     "OutputFile",
@@ -230,6 +231,7 @@ class Uploader:
         self._present: set[str] = set()  # result names of the files seen by the latest scan
         self._skipped: dict[str, str] = {}  # files that cannot be kept -> why not
         self._names: dict[str, str] = {}  # source file -> its result name, kept across passes
+        self.retries = 0  # store calls retried over the uploader's life (in the manifest)
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -242,8 +244,14 @@ class Uploader:
             except (BackendUnavailableError, OSError) as error:
                 if attempt == self.attempts:
                     raise
+                self.retries += 1
                 log.warning(
-                    "%s failed (attempt %d of %d): %s", action, attempt, self.attempts, error
+                    "%s failed (attempt %d of %d): %s",
+                    action,
+                    attempt,
+                    self.attempts,
+                    error,
+                    extra={"job_id": self.job_id},
                 )
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -252,7 +260,7 @@ class Uploader:
     def _skip(self, name: str, reason: str) -> None:
         """Keep the other results; the manifest names this one. Later passes try again."""
         if self._skipped.get(name) != reason:  # said once, not every pass
-            log.warning("%s is not uploaded: %s", name, reason)
+            log.warning("%s is not uploaded: %s", name, reason, extra={"job_id": self.job_id})
         self._skipped[name] = reason
 
     def _forget(self, name: str) -> None:
@@ -371,6 +379,7 @@ class Uploader:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             # list() re-raises the first failure after every upload has finished or failed.
             list(pool.map(self._upload_one, changed))
+        log.info("upload pass", extra={"job_id": self.job_id, "files": len(changed)})
         return len(changed)
 
     def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
@@ -397,6 +406,7 @@ class Uploader:
             "jobId": self.job_id,
             "files": files,
             "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            "retries": self.retries,
             **details,
         }
         skipped = [
@@ -505,6 +515,7 @@ def merged_manifest(
         "files": [files[path] for path in sorted(files)],
         "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "exitCode": exit_code,
+        "retries": sum(int(part.get("retries", 0)) for part in parts),
         "replicas": [
             {"index": index, "exitCode": code, "files": len(part["files"])}
             for index, (part, code) in enumerate(zip(parts, codes, strict=True))
@@ -576,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     file, and the archived record (job.json) after the manifest.
     """
     started = datetime.now(UTC)  # the pod's start, as near as the uploader knows it
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s sidecar %(levelname)s %(message)s")
+    configure_logging(
+        os.environ.get("OCPS_LOG_LEVEL", "INFO"), os.environ.get("OCPS_LOG_FORMAT", "auto")
+    )
     job_id = os.environ[ENV_JOB_ID]
     output_dir = Path(os.environ[ENV_JOB_OUTPUT_DIR])
     work = output_dir.parent
@@ -603,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             uploader.upload_changed()
         except (BackendUnavailableError, OSError) as error:
-            log.warning("periodic upload failed, will retry: %s", error)
+            log.warning("periodic upload failed, will retry: %s", error, extra={"job_id": job_id})
         stop.wait(interval)
     exit_code = None
     text = read_job_file(exit_code_file, 64).strip()
@@ -613,7 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = {log_name: Path(log_file)} if log_file else None
     own_exit_code = exit_code
     own = uploader.finish(extra, exitCode=exit_code)
-    log.info("uploaded %d files for job %s", len(own["files"]), job_id)
+    log.info(
+        "uploaded %d files for job %s",
+        len(own["files"]),
+        job_id,
+        extra={"job_id": job_id, "files": len(own["files"]), "retries": uploader.retries},
+    )
     manifest: dict[str, Any] | None = own
     if replicas > 1:
         # Each replica's manifest is written before it looks, so the last one sees them all.

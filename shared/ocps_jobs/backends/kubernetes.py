@@ -48,6 +48,7 @@ from ..models import (
     utcnow,
 )
 from ..objectstore import ObjectStore
+from ..observability import metrics
 from ..phase import job_status, parse_time, ran_to_completion
 from ..sidecar import store_merged_manifest
 from .base import JobUpdate, Unset
@@ -522,11 +523,13 @@ class KubernetesBackend:
                 reason = _api_message(error)
                 raise InvalidRequestError(f"Kubernetes refused the job: {reason}") from None
             log.warning("Kubernetes %s failed: %s %s", action, error.status, error.reason)
+            metrics.BACKEND_ERRORS.labels("kubernetes", action).inc()
             raise BackendUnavailableError(
                 f"Kubernetes unavailable ({action}: {error.status} {error.reason})"
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             log.warning("Kubernetes %s failed: %s", action, error)
+            metrics.BACKEND_ERRORS.labels("kubernetes", action).inc()
             raise BackendUnavailableError(f"Kubernetes unavailable ({action})") from None
 
     def _raw(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -769,8 +772,11 @@ class KubernetesBackend:
                 # Checked again on the next read: an uploader's late write of its own
                 # shorter record (a restarted pod, a second replica) is then replaced too.
                 self.store.put_bytes(key, current.encode(), "application/json")
+                metrics.ARCHIVE_WRITES.labels("ok").inc()
+                log.info("job archived", extra={"job_id": record.job_id})
                 return
         except BackendUnavailableError as error:
+            metrics.ARCHIVE_WRITES.labels("failed").inc()
             log.warning(
                 "archived record of job %s not brought up to date: %s", record.job_id, error
             )
@@ -954,6 +960,20 @@ class KubernetesBackend:
                 seen = informer.changes(job_id)
         finally:
             informer.leave(job_id)
+
+    def check_ready(self) -> dict[str, object]:
+        """Readiness: one small list of Jobs answers, and the watches (if started) are synced."""
+
+        def list_one(_request_timeout: object) -> Any:  # shorter than REQUEST_TIMEOUT: a probe
+            return self.batch.list_namespaced_job(
+                self.namespace, limit=1, _preload_content=False, _request_timeout=(1, 2)
+            )
+
+        self._call("list jobs", list_one)
+        informer = self._informer
+        if informer is not None and not informer.synced:
+            raise BackendUnavailableError("Kubernetes watch of Jobs and Pods is not synced")
+        return {"reachable": True, "watch": "not started" if informer is None else "synced"}
 
     def close(self) -> None:
         """Stop the watches and release the connection pool."""
