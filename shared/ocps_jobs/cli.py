@@ -15,7 +15,7 @@ from typing import Any
 
 from .client import ClientError, InvalidArgumentError, OCPSClient, WaitTimeoutError
 from .errors import OCPSError, SettingsError
-from .observability.logs import configure_logging
+from .observability.logs import configure_logging, flush_logging
 from .resultids import decode_result_id
 
 __all__ = ["main"]
@@ -212,6 +212,7 @@ def _sweep() -> int:
         destroyed = service.destroy_expired()
     finally:
         service.close()
+    flush_logging()  # the result document is the last line of stdout
     print(json.dumps({"destroyed": destroyed}))
     return EXIT_OK
 
