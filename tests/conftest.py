@@ -91,6 +91,7 @@ def bucket(s3_endpoint: str, s3_credentials: None, request: pytest.FixtureReques
     """A fresh bucket name per test (the product creates it)."""
     name = "ocps-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     yield name
+    close_services()  # first: a service's last writes (job end markers) land before the cleanup
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     try:
         listing = s3.list_objects_v2(Bucket=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,19 +112,21 @@ def test_the_readiness_probe_needs_no_credentials_when_authentication_is_on(
     assert listed.status_code == 200
 
 
-def test_a_function_with_bad_settings_answers_503_naming_the_setting(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_function_with_bad_settings_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from functions_framework import create_app
 
+    from ocps_jobs.observability.logs import flush_logging
     from tests.conftest import FUNCTIONS
 
     monkeypatch.setenv("OCPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("OCPS_MAX_CONCURRENT_JOBS", "many")
-    query = create_app("query_job", str(FUNCTIONS / "query_job" / "main.py")).test_client()
-    for path in ("/api/v1/openapi.json", "/api/v1/job"):  # the readiness probe's path too
-        response = query.get(path)
-        assert response.status_code == 503
-        body = response.get_json()
-        assert body["error"] == "misconfigured"
-        assert "OCPS_MAX_CONCURRENT_JOBS" in body["message"]
+    flush_logging()  # earlier tests' lines
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        create_app("query_job", str(FUNCTIONS / "query_job" / "main.py"))
+    assert stopped.value.code not in (0, None)
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines() if text]
+    assert line["level"] == "CRITICAL"
+    assert "OCPS_MAX_CONCURRENT_JOBS" in line["message"]

@@ -49,6 +49,7 @@ def test_outputs_land_in_s3_in_the_documented_layout(
     job_id = submit(s3_client, command=WRITE_TREE)
     job = finish(s3_client, job_id)
     assert job["phase"] == "completed", job["errorSummary"]
+    assert s3_client.application.extensions["ocps_service"].events.flush(10)
 
     objects = {o.object_name: o for o in minio.list_objects(bucket, prefix="jobs/", recursive=True)}
     out = f"jobs/{job_id}/out/"
@@ -60,6 +61,7 @@ def test_outputs_land_in_s3_in_the_documented_layout(
         out + "ocps-job.log",
         f"jobs/{job_id}/manifest.json",
         f"jobs/{job_id}/job.json",
+        f"jobs/{job_id}/ended.json",  # written by the first reader of the final job (metrics)
     }
     assert minio.stat_object(bucket, out + "a/b/c/image.fits").content_type == "application/fits"
     assert minio.stat_object(bucket, out + "a/data.json").content_type == "application/json"

@@ -16,6 +16,7 @@ from typing import Any
 from .client import ClientError, InvalidArgumentError, OCPSClient, WaitTimeoutError
 from .errors import OCPSError, SettingsError
 from .models import JOB_PARAMETERS, JobParameter, ParameterKind
+from .observability.logs import configure_logging, flush_logging
 from .resultids import decode_result_id
 
 __all__ = ["main"]
@@ -24,6 +25,8 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8080"
 # The embedded server's GIL switch interval (see _serve).
 SWITCH_INTERVAL_SECONDS = 0.02
+
+log = logging.getLogger("ocps_jobs.serve")
 
 
 def _positive_seconds(text: str) -> float:
@@ -160,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     # The port first: a server that cannot listen must not start the data dir's jobs.
     try:
         listening = _bound_socket(args.host, args.port)
@@ -207,12 +210,14 @@ def _serve(args: argparse.Namespace) -> int:
     where = settings.s3_endpoint or settings.data_dir
     print(f"ocps-jobs serving on http://{host}:{port} ({settings.backend} backend, store {where})")
     print(f"  API: http://{host}:{port}/api/v1/job", flush=True)
+    log.info("serving", extra={"url": f"http://{host}:{port}", "backend": settings.backend})
     try:
         server.run()
     except (OSError, ValueError):  # the socket map closes under run() on shutdown
         pass
     finally:
         service.close()
+        log.info("stopped")
     return EXIT_OK
 
 
@@ -229,12 +234,13 @@ def _sweep() -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     service = build_service(settings)
     try:
         destroyed = service.destroy_expired()
     finally:
         service.close()
+    flush_logging()  # the result document is the last line of stdout
     print(json.dumps({"destroyed": destroyed}))
     return EXIT_OK
 

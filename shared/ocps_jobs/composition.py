@@ -7,6 +7,7 @@ import threading
 from .backends import JobBackend
 from .config import Settings
 from .objectstore import ObjectStore, open_store
+from .observability.metrics import count_backend_error
 from .service import JobService
 
 __all__ = ["build_backend", "build_service", "build_store", "close_services"]
@@ -20,6 +21,7 @@ def build_store(settings: Settings) -> ObjectStore:
         endpoint=settings.s3_endpoint or None,
         region=settings.s3_region,
         folder=None if settings.backend == "kubernetes" else local_folder,
+        on_error=count_backend_error("s3"),
     )
 
 

@@ -69,6 +69,9 @@ _POD_ONLY = frozenset(
 )
 
 
+_LOG_LEVEL_NAMES = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
 def default_data_dir() -> Path:
     """Where the embedded default keeps its state: ``$XDG_DATA_HOME/ocps-jobs``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -249,6 +252,18 @@ class Settings(BaseModel):
     # Absolute base URL clients reach the service at (e.g. https://ocps.example.org/), used
     # for the links in UWS documents; by default taken from each request's Host.
     public_url: str | None = None
+
+    # Logs: level, and JSON lines or readable text ("auto": text in a terminal, else JSON).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object) -> object:
+        """``info`` is ``INFO``, ``JSON`` is ``json``."""
+        if not isinstance(value, str):
+            return value
+        return value.upper() if value.lower() in _LOG_LEVEL_NAMES else value.lower()
 
     @field_validator("auth_header_sources")
     @classmethod

@@ -137,6 +137,11 @@ def archive_key(job_id: str) -> str:
     return f"{JOBS_ROOT}{job_id}/job.json"
 
 
+def ended_marker_key(job_id: str) -> str:
+    """Written once, by the first instance that sees the job final: it logs and counts the end."""
+    return f"{JOBS_ROOT}{job_id}/ended.json"
+
+
 def replica_manifest_key(job_id: str, index: int) -> str:
     """One replica's upload manifest (the last replica to finish merges them all)."""
     return f"{JOBS_ROOT}{job_id}/replicas/{index}/manifest.json"

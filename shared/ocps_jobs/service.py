@@ -24,6 +24,8 @@ from .models import (
     utcnow,
 )
 from .objectstore import ObjectStore, ObjectStream
+from .observability.context import note_request
+from .observability.events import JobEvents
 from .resultids import decode_result_id
 from .transitions import (
     abort_needed,
@@ -57,6 +59,7 @@ class JobService:
         self.settings = settings
         self.backend = backend
         self.store = store
+        self.events = JobEvents(store)  # job events: log lines and counters, each once
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -91,13 +94,21 @@ class JobService:
             destruction=self.clamp_destruction(destruction, created),
             parameters=JobParameters.from_request(request),
         )
-        return self.backend.create(record, start=start)
+        created_record = self.backend.create(record, start=start)
+        note_request(job_id=created_record.job_id)
+        self.events.created(created_record, caller.name)
+        return created_record
 
     def get_job(self, job_id: str, caller: Caller) -> JobRecord:
         """The job, if it exists, is not past its destruction and the caller may see it."""
         record = self.backend.get(job_id) if is_job_id(job_id) else None
+        if record is not None and not caller.may_see(record):
+            log.warning(
+                "refused another owner's job", extra={"job_id": job_id, "user": caller.name}
+            )
         if record is None or not caller.may_see(record) or _destroyed(record, _now()):
             raise JobNotFoundError(f"No job with ID {job_id[:64]!r}")
+        self.events.observe(record)
         return record
 
     def list_jobs(self, caller: Caller, query: ListQuery | None = None) -> list[JobRecord]:
@@ -106,6 +117,8 @@ class JobService:
         records = self.backend.list_records(None if caller.admin else caller.name)
         now = _now()
         records = [record for record in records if not _destroyed(record, now)]
+        for record in records:
+            self.events.observe(record)
         if query.phases is not None:
             records = [record for record in records if record.phase in query.phases]
         if query.after is not None:
@@ -121,7 +134,9 @@ class JobService:
         record = self.get_job(job_id, caller)
         if not start_needed(record):
             return record
-        return self.backend.start(job_id)
+        record = self.backend.start(job_id)
+        self.events.user_action("queued", record, caller.name)
+        return record
 
     def abort_job(self, job_id: str, caller: Caller, *, wait: float = 0.0) -> JobRecord:
         """Stop a job that has not finished; it ends ``aborted`` with its results kept.
@@ -134,6 +149,7 @@ class JobService:
         if not abort_needed(record):
             return record
         record = self.backend.abort(job_id)
+        self.events.user_action("aborted", record, caller.name)
         deadline = time.monotonic() + min(wait, float(self.settings.wait_max_seconds))
         while record.phase not in FINAL_PHASES:
             remaining = deadline - time.monotonic()
@@ -148,8 +164,10 @@ class JobService:
 
     def delete_job(self, job_id: str, caller: Caller) -> None:
         """Stop the job if needed and remove it with its results."""
-        self.get_job(job_id, caller)
+        record = self.get_job(job_id, caller)
+        self.events.end_before_delete(record)
         self.backend.delete(job_id)
+        self.events.user_action("deleted", record, caller.name)
 
     def update_job(self, job_id: str, caller: Caller, update: JobUpdate) -> JobRecord:
         """Change execution duration or destruction, clamped to the configured limits.
@@ -204,11 +222,12 @@ class JobService:
         for record in self.backend.list_records(None):
             if not _destroyed(record, now):
                 continue
+            self.events.end_before_delete(record)
             try:
                 self.backend.delete(record.job_id)
             except JobNotFoundError:
                 continue
-            log.info("destroyed job %s at its destruction time", record.job_id)
+            self.events.destroyed(record.job_id)
             destroyed.append(record.job_id)
         return destroyed
 
@@ -249,6 +268,7 @@ class JobService:
     def find_result(self, result_id: str, caller: Caller) -> ResultFile:
         """The result a result ID names, if it is one of a visible job's results."""
         decoded = decode_result_id(result_id)
+        note_request(job_id=decoded.job_id)
         try:
             results = self.list_results(decoded.job_id, caller)
         except JobNotFoundError:
@@ -273,7 +293,8 @@ class JobService:
         return stream
 
     def close(self) -> None:
-        """Release the backend."""
+        """Release the backend and the events' thread."""
+        self.events.close()
         self.backend.close()
 
 

@@ -291,7 +291,7 @@ def test_deployment_topology_objects_fit_together() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
     (port,) = service["spec"]["ports"]
     assert ports[port["targetPort"]] == 8080
-    assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/openapi.json"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # RBAC: the one server account has create_job's rules (it serves every route).
     account = pod["spec"]["serviceAccountName"]
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == account)

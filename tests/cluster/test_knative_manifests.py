@@ -34,6 +34,7 @@ from ocps_jobs.errors import MethodNotAllowedError, RouteNotFoundError
 from ocps_jobs.http.app import FUNCTION_ROUTES
 from ocps_jobs.http.routing import Router
 from ocps_jobs.models import JobParameters, JobRecord
+from ocps_jobs.observability.routes import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 from tests.cluster.conftest import ControlPlane
 from tests.conftest import REPO_ROOT
 from tests.helpers import wait_until
@@ -766,10 +767,15 @@ def test_httproute_sends_each_request_to_the_function_that_serves_it(
     assert routed == {True: owner.pop(), False: routed[True]}, f"{method} {path}: {routed}"
 
 
+POD_ONLY_PATHS = {LIVENESS_PATH, READINESS_PATH, METRICS_PATH}
+
+
 def test_httproute_reaches_every_route_of_every_function() -> None:
     """Every route in the functions' tables, with HEAD beside GET, reaches its function."""
     for function, routes in FUNCTION_ROUTES.items():
         for route in routes:
+            if route.template in POD_ONLY_PATHS:
+                continue  # every function's own probes and scrapes, on its pods
             path = route.template.replace("{reference:path}", RESULT_ID)
             path = re.sub(r"\{\w+\}", JOB_ID, path)
             for method in [route.method] + (["HEAD"] if route.method == "GET" else []):
@@ -873,7 +879,7 @@ def test_functions_dockerfile() -> None:
         assert defines_function(source, args[args.index("--target") + 1]), args
 
 
-def test_sidecar_dockerfile_installs_only_boto3_and_the_package() -> None:
+def test_sidecar_dockerfile_installs_only_boto3_the_log_formatter_and_the_package() -> None:
     instructions = common_dockerfile_checks("Dockerfile.sidecar")
     commands = [
         shlex.split(command)
@@ -882,7 +888,7 @@ def test_sidecar_dockerfile_installs_only_boto3_and_the_package() -> None:
         for command in arguments.split("&&")
     ]
     installs = [command[2:] for command in commands if command[:2] == ["pip", "install"]]
-    assert installs == [["boto3>=1.34,<2"], ["--no-deps", "/tmp/src"]]
+    assert installs == [["boto3>=1.34,<2", "python-json-logger>=3.2,<5"], ["--no-deps", "/tmp/src"]]
     (command,) = [exec_form(a) for i, a in instructions if i == "CMD"]
     assert command == ["python", "-m", "ocps_jobs.uploader"]
     # The command the Job spec gives the uploader is the image's own.

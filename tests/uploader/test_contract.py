@@ -52,6 +52,8 @@ EVERYTHING = UploaderConfig(
     job_record='{"job_id": "x"}',
     replicas=4,
     replica_index=2,
+    log_level="DEBUG",
+    log_format="json",
 )
 
 

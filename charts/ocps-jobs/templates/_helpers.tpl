@@ -111,6 +111,7 @@ spec:
         autoscaling.knative.dev/min-scale: {{ $fn.minScale | quote }}
         autoscaling.knative.dev/max-scale: {{ $fn.maxScale | quote }}
         {{- include "ocps-jobs.configChecksum" $root | nindent 8 }}
+        {{- include "ocps-jobs.scrapeAnnotations" $root | nindent 8 }}
     spec:
       serviceAccountName: {{ $name }}
       containerConcurrency: {{ $fn.containerConcurrency }}
@@ -136,22 +137,43 @@ spec:
             {{- include "ocps-jobs.tokensMount" $root | nindent 12 }}
           resources:
             {{- toYaml $fn.resources | nindent 12 }}
-          {{- if eq .function "query_job" }}
-          readinessProbe:
-            httpGet:
-              path: /api/v1/openapi.json
-          {{- else }}
-          readinessProbe:
-            tcpSocket:
-              port: 8080
-          {{- end }}
-          livenessProbe:
-            tcpSocket:
-              port: 8080
-            periodSeconds: 10
-            failureThreshold: 3
+          {{- include "ocps-jobs.probes" (dict) | nindent 10 }}
           securityContext:
             {{- include "ocps-jobs.securityContext" $root | nindent 12 }}
       volumes:
         {{- include "ocps-jobs.tokensVolume" $root | nindent 8 }}
+{{- end }}
+
+{{/* Prometheus scrapes /metrics on the service's own port (README: Logs and metrics). */}}
+{{- define "ocps-jobs.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: "8080"
+prometheus.io/path: /metrics
+{{- end }}
+
+{{/*
+The probes of every server container. Arguments: port (none for Knative, which probes
+the container's one port). Ready when Kubernetes, its watch
+and the bucket answer (503 naming the part that does not); alive while the process
+answers. A bad setting stops the process at start, so a broken revision never becomes
+Ready.
+*/}}
+{{- define "ocps-jobs.probes" -}}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    {{- with .port }}
+    port: {{ . }}
+    {{- end }}
+  periodSeconds: 2
+  timeoutSeconds: 5
+  failureThreshold: 3
+livenessProbe:
+  httpGet:
+    path: /healthz
+    {{- with .port }}
+    port: {{ . }}
+    {{- end }}
+  periodSeconds: 10
+  failureThreshold: 3
 {{- end }}

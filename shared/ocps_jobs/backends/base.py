@@ -56,5 +56,8 @@ class JobBackend(Protocol):
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         """Block until the job leaves ``phase``, is removed, or ``timeout`` passes."""
 
+    def check_ready(self) -> dict[str, object]:
+        """Readiness details; raises BackendUnavailableError naming what is down."""
+
     def close(self) -> None:
         """Release threads and connections."""

@@ -28,6 +28,7 @@ from ..errors import BackendUnavailableError, JobNotFoundError
 from ..jobenv import job_environment
 from ..models import JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
+from ..observability import metrics
 from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
@@ -294,7 +295,7 @@ class LocalBackend(InMemoryRecords):
                     except Exception:  # one bad job must not stop the sweeper
                         log.exception("destruction of job %s failed", job_id)
                         continue
-                    log.info("destroyed job %s at its destruction time", job_id)
+                    log.info("job destroyed", extra={"job_id": job_id})
             upcoming = [when for when, _ in times if when > now]
             delay = SWEEP_MAX_SLEEP_SECONDS
             if upcoming:
@@ -367,7 +368,11 @@ class LocalBackend(InMemoryRecords):
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason or "")
             return
         try:
-            manifest = Uploader(self.store, job_id, output_dir).finish({LOG_RESULT_NAME: log_path})
+            codes = [process.returncode for process in run.processes]  # the manifest's, as on K8s
+            exit_code = next((code for code in codes if code), 0 if codes else None)
+            manifest = Uploader(self.store, job_id, output_dir).finish(
+                {LOG_RESULT_NAME: log_path}, exitCode=exit_code
+            )
         except Exception as error:
             log.exception("upload of job %s outputs failed", job_id)
             self._finish(job_id, run, Phase.ERROR, f"Upload of the job's results failed: {error}")
@@ -546,7 +551,15 @@ class LocalBackend(InMemoryRecords):
                 "application/json",
             )
         except Exception as error:  # the local record stays authoritative
+            metrics.ARCHIVE_WRITES.labels("failed").inc()
             log.warning("archiving job %s failed: %s", record.job_id, error)
+            return
+        metrics.ARCHIVE_WRITES.labels("ok").inc()
+        log.info("job archived", extra={"job_id": record.job_id, "phase": record.phase.value})
+
+    def check_ready(self) -> dict[str, object]:
+        """Readiness: the embedded executor runs in this process, so it is up while it is."""
+        return {"kind": "local"}
 
 
 class _Aborted(Exception):

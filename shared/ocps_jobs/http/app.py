@@ -13,6 +13,9 @@ from ..composition import build_service
 from ..config import Settings
 from ..errors import OCPSError
 from ..models import Caller
+from ..observability.access import answer_logged
+from ..observability.context import note_request
+from ..observability.routes import operations_routes
 from ..service import JobService
 from .auth import Authenticator
 from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
@@ -27,9 +30,19 @@ __all__ = ["FUNCTION_ROUTES", "FunctionApp", "create_embedded_app", "render_erro
 log = logging.getLogger(__name__)
 
 FUNCTION_ROUTES: dict[str, list[Route]] = {
-    "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES, *WEB_CREATE_JOB_ROUTES],
-    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES, *WEB_QUERY_JOB_ROUTES],
-    "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES],
+    "create_job": [
+        *CREATE_JOB_ROUTES,
+        *UWS_CREATE_JOB_ROUTES,
+        *operations_routes(phase_gauges=False),
+        *WEB_CREATE_JOB_ROUTES,
+    ],
+    "query_job": [
+        *QUERY_JOB_ROUTES,
+        *UWS_QUERY_JOB_ROUTES,
+        *operations_routes(phase_gauges=True),
+        *WEB_QUERY_JOB_ROUTES,
+    ],
+    "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES, *operations_routes(phase_gauges=False)],
 }
 
 
@@ -50,7 +63,9 @@ class FunctionApp:
         self,
         routes: Sequence[Route],
         service_factory: Callable[[], JobService] | None = None,
+        name: str = "serve",
     ) -> None:
+        self.name = name  # the access lines' and request metrics' "function"
         self.router = Router(routes)
         self._factory = service_factory or (lambda: build_service(Settings.from_env()))
         self._service: JobService | None = None
@@ -69,6 +84,10 @@ class FunctionApp:
         return self._service
 
     def __call__(self, http_request: Request) -> Response:
+        """Answer one request, with its request id, access line and metrics."""
+        return answer_logged(self.name, http_request, self._answer_with_cors)
+
+    def _answer_with_cors(self, http_request: Request) -> Response:
         """Answer one request, with CORS headers where configured."""
         origin = http_request.headers.get("Origin")
         if origin is None:
@@ -97,10 +116,12 @@ class FunctionApp:
         """Dispatch; every failure becomes an error document, never a traceback."""
         try:
             route, params = self.router.route_for(http_request.method, http_request.path)
+            note_request(route=route.template, job_id=params.get("job_id"))
             service = self.service  # built on first use: bad settings fail here, every time
             caller = (
                 Caller() if route.public else self._authenticator.identify(http_request)  # type: ignore[union-attr]
             )
+            note_request(user=caller.name)
             context = Context(
                 request=http_request,
                 service=service,
@@ -132,6 +153,7 @@ def create_embedded_app(service: JobService) -> Flask:
             *UWS_RESULTS_ROUTES,
             *UWS_CREATE_JOB_ROUTES,
             *UWS_QUERY_JOB_ROUTES,
+            *operations_routes(phase_gauges=True),
             *WEB_CREATE_JOB_ROUTES,
             *WEB_QUERY_JOB_ROUTES,
         ],

@@ -7,7 +7,9 @@ import functions_framework
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+from ..composition import build_service
 from ..errors import OCPSError
+from ..observability.startup import start_function
 from .app import FUNCTION_ROUTES, FunctionApp
 from .render import render_error
 
@@ -18,11 +20,14 @@ def function_dispatcher(name: str) -> FunctionApp:
     """The dispatcher of function ``name``, with its error handlers registered.
 
     Call it at the import of the function's main.py, which functions-framework loads after
-    creating its app: an ``OCPSError`` that escapes the dispatcher renders as the JSON error
-    body, and a path Flask's own router refuses (a newline in it) still reaches the
-    dispatcher. Settings are read on the first request, not here.
+    creating its app: that import is the function's start, so the settings are read and
+    checked here (a bad one exits the process with one line naming it, and the revision
+    never becomes ready). An ``OCPSError`` that escapes the dispatcher renders as the JSON
+    error body, and a path Flask's own router refuses (a newline in it) still reaches the
+    dispatcher. The service itself is built on the first request.
     """
-    dispatch = FunctionApp(FUNCTION_ROUTES[name])
+    settings = start_function(name)
+    dispatch = FunctionApp(FUNCTION_ROUTES[name], lambda: build_service(settings), name=name)
 
     def ocps_error(error: OCPSError) -> Response:
         return render_error(error)

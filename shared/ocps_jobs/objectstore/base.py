@@ -104,6 +104,12 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` at ``key``."""
 
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        """Store ``data`` at ``key`` unless it exists; whether this call wrote it."""
+
+    def check_reachable(self) -> None:
+        """Raise BackendUnavailableError unless the bucket or folder answers (readiness)."""
+
     def get_bytes(self, key: str) -> bytes | None:
         """The whole object, or None when it does not exist."""
 

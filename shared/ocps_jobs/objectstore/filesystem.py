@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import BackendUnavailableError
 from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
 
 __all__ = ["FilesystemStore"]
@@ -47,6 +48,27 @@ class FilesystemStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        """Write bytes unless the object exists (atomically: a hard link never replaces)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.link(temporary, target)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return True
+
+    def check_reachable(self) -> None:
+        """Raise BackendUnavailableError unless the folder exists and can be written."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK)):
+            raise BackendUnavailableError(f"Object store folder {self.root} is not writable")
 
     def put_file(self, key: str, path: str, content_type: str) -> str:
         """Copy a file in, atomically; the SHA-256 of the bytes copied."""

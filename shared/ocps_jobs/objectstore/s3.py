@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -28,6 +28,8 @@ CHUNK_SIZE = 1024 * 1024
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+# A conditional PUT that found the object (412), or lost a race for it (409).
+_ALREADY_WRITTEN = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 
 
 def _is_missing(error: ClientError) -> bool:
@@ -47,8 +49,12 @@ class S3Store:
         *,
         max_concurrency: int = 8,
         client: S3Client | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.bucket = bucket
+        self._on_error = on_error  # told the action of every failed call (metrics)
+        self._endpoint_url, self._region = endpoint_url, region
+        self._probe_client: S3Client | None = None
         self.client: S3Client = client or boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
@@ -77,7 +83,9 @@ class S3Store:
         except ClientError:
             raise
         except BotoCoreError as error:
-            log.warning("S3 %s failed: %s", action, error)
+            log.warning("S3 %s failed: %s", action, error, extra={"bucket": self.bucket})
+            if self._on_error is not None:
+                self._on_error(action)
             raise BackendUnavailableError(f"Object store unavailable ({action})") from error
 
     def ensure_ready(self) -> None:
@@ -132,6 +140,46 @@ class S3Store:
             )
         except ClientError as error:
             raise BackendUnavailableError(f"Upload of {key} failed: {error}") from error
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> bool:
+        """One conditional PUT (``If-None-Match: *``); False when the object exists."""
+        try:
+            self._call(
+                "put if absent",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code in _ALREADY_WRITTEN:
+                return False
+            raise BackendUnavailableError(f"Upload of {key} failed: {error}") from error
+        return True
+
+    def check_reachable(self) -> None:
+        """One HEAD of the bucket, without retries and with short timeouts (readiness)."""
+        if self._probe_client is None:
+            self._probe_client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self._endpoint_url,
+                region_name=self._region,
+                config=Config(
+                    retries={"max_attempts": 1, "mode": "standard"},
+                    connect_timeout=1,
+                    read_timeout=2,
+                    s3={"addressing_style": "path"},
+                ),
+            )
+        try:
+            self._call("head bucket", self._probe_client.head_bucket, Bucket=self.bucket)
+        except ClientError as error:
+            raise BackendUnavailableError(
+                f"Object store refused bucket {self.bucket}: {error}"
+            ) from error
 
     def get_bytes(self, key: str) -> bytes | None:
         """Read a small object whole."""

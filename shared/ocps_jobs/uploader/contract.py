@@ -11,6 +11,8 @@ from ..conventions import ENV_JOB_ID, ENV_JOB_OUTPUT_DIR, ENV_JOB_REPLICA_INDEX,
 
 __all__ = [
     "DEFAULT_BUCKET",
+    "DEFAULT_LOG_FORMAT",
+    "DEFAULT_LOG_LEVEL",
     "DEFAULT_S3_REGION",
     "DEFAULT_UPLOAD_ATTEMPTS",
     "DEFAULT_UPLOAD_BACKOFF_SECONDS",
@@ -20,6 +22,8 @@ __all__ = [
     "ENV_JOB_RECORD",
     "ENV_JOB_RECORD_FILE",
     "ENV_LOG_FILE",
+    "ENV_LOG_FORMAT",
+    "ENV_LOG_LEVEL",
     "ENV_REPLICAS",
     "ENV_S3_ENDPOINT",
     "ENV_S3_REGION",
@@ -49,6 +53,8 @@ ENV_UPLOAD_BACKOFF = "OCPS_UPLOAD_BACKOFF"
 ENV_JOB_RECORD_FILE = "OCPS_JOB_RECORD_FILE"
 ENV_JOB_RECORD = "OCPS_JOB_RECORD"
 ENV_REPLICAS = "OCPS_REPLICAS"
+ENV_LOG_LEVEL = "OCPS_LOG_LEVEL"
+ENV_LOG_FORMAT = "OCPS_LOG_FORMAT"
 
 # --- the files the job's side leaves in its work folder (the output folder's parent) --------
 
@@ -64,6 +70,8 @@ DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_UPLOAD_INTERVAL_SECONDS = 30
 DEFAULT_UPLOAD_ATTEMPTS = 6
 DEFAULT_UPLOAD_BACKOFF_SECONDS = 0.5
+DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_LOG_FORMAT = "auto"  # JSON lines, or text in a terminal (observability.logs)
 
 Number = TypeVar("Number", int, float)
 
@@ -96,6 +104,8 @@ class UploaderConfig:
     job_record: str | None = None
     replicas: int = 1
     replica_index: int | None = None
+    log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = DEFAULT_LOG_FORMAT
 
     @property
     def work_dir(self) -> str:
@@ -139,6 +149,8 @@ class UploaderConfig:
             ENV_UPLOAD_INTERVAL: _number_text(self.upload_interval_seconds),
             ENV_UPLOAD_ATTEMPTS: str(self.upload_attempts),
             ENV_UPLOAD_BACKOFF: _number_text(self.upload_backoff_seconds),
+            ENV_LOG_LEVEL: self.log_level,
+            ENV_LOG_FORMAT: self.log_format,
             **{name: value for name, value in optional.items() if value is not None},
         }
 
@@ -194,6 +206,8 @@ class UploaderConfig:
             job_record=text(ENV_JOB_RECORD),
             replicas=number(ENV_REPLICAS, int, 1, 1),
             replica_index=None if index is None else number(ENV_JOB_REPLICA_INDEX, int, 0, 0),
+            log_level=text(ENV_LOG_LEVEL) or DEFAULT_LOG_LEVEL,
+            log_format=text(ENV_LOG_FORMAT) or DEFAULT_LOG_FORMAT,
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from ..conventions import LOG_RESULT_NAME, archive_key, replica_log_name, replica_manifest_key
 from ..errors import BackendUnavailableError
 from ..objectstore import open_store
+from ..observability.logs import configure_logging
 from .contract import FAILURE_FILE_NAME, STDERR_FILE_NAME, UploaderConfig
 from .manifest import manifest_exit_code, store_merged_manifest
 from .record import final_record, seed_record
@@ -36,8 +37,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     record (job.json) after the manifest.
     """
     started = datetime.now(UTC)  # the pod's start, as near as the uploader knows it
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s uploader %(levelname)s %(message)s")
     config = UploaderConfig.from_environment(os.environ if env is None else env)
+    configure_logging(config.log_level, config.log_format)
     job_id = config.job_id
     exit_code_file = Path(config.exit_code_path)
     seed = seed_record(config)
@@ -64,7 +65,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         try:
             uploader.upload_changed()
         except (BackendUnavailableError, OSError) as error:
-            log.warning("periodic upload failed, will retry: %s", error)
+            log.warning("periodic upload failed, will retry: %s", error, extra={"job_id": job_id})
         stop.wait(config.upload_interval_seconds)
     exit_code = None
     text = read_job_file(exit_code_file, 64).strip()
@@ -74,7 +75,12 @@ def main(env: Mapping[str, str] | None = None) -> int:
     extra = {log_name: Path(config.log_file)} if config.log_file else None
     own_exit_code = exit_code
     own = uploader.finish(extra, exitCode=exit_code)
-    log.info("uploaded %d files for job %s", len(own["files"]), job_id)
+    log.info(
+        "uploaded %d files for job %s",
+        len(own["files"]),
+        job_id,
+        extra={"job_id": job_id, "files": len(own["files"]), "retries": uploader.retries},
+    )
     manifest: dict[str, Any] | None = own
     if replicated:
         # Each replica's manifest is written before it looks, so the last one sees them all.

@@ -189,6 +189,7 @@ def merged_manifest(
         [files[path] for path in sorted(files)],
         skipped,
         exitCode=exit_code,
+        retries=sum(int(part.get("retries", 0)) for part in parts),
         replicas=summaries,
     )
 

@@ -56,6 +56,7 @@ class Uploader:
         self._present: set[str] = set()  # result names of the files seen by the latest scan
         self._skipped: dict[str, str] = {}  # files that cannot be kept -> why not
         self._names: dict[str, str] = {}  # source file -> its result name, kept across passes
+        self.retries = 0  # store calls retried over the uploader's life (in the manifest)
 
     def retry(self, action: str, function: Callable[[], T]) -> T:
         """Run ``function``, retrying store outages with exponential backoff."""
@@ -68,8 +69,14 @@ class Uploader:
             except (BackendUnavailableError, OSError) as error:
                 if attempt == self.attempts:
                     raise
+                self.retries += 1
                 log.warning(
-                    "%s failed (attempt %d of %d): %s", action, attempt, self.attempts, error
+                    "%s failed (attempt %d of %d): %s",
+                    action,
+                    attempt,
+                    self.attempts,
+                    error,
+                    extra={"job_id": self.job_id},
                 )
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -78,7 +85,7 @@ class Uploader:
     def _skip(self, name: str, reason: str) -> None:
         """Keep the other results; the manifest names this one. Later passes try again."""
         if self._skipped.get(name) != reason:  # said once, not every pass
-            log.warning("%s is not uploaded: %s", name, reason)
+            log.warning("%s is not uploaded: %s", name, reason, extra={"job_id": self.job_id})
         self._skipped[name] = reason
 
     def _forget(self, name: str) -> None:
@@ -197,6 +204,7 @@ class Uploader:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             # list() re-raises the first failure after every upload has finished or failed.
             list(pool.map(self._upload_one, changed))
+        log.info("upload pass", extra={"job_id": self.job_id, "files": len(changed)})
         return len(changed)
 
     def finish(self, extra: dict[str, Path] | None = None, **details: Any) -> dict[str, Any]:
@@ -223,7 +231,7 @@ class Uploader:
             for relative, reason in self._skipped.items()
             if relative in self._present
         }
-        manifest = build_manifest(self.job_id, files, skipped, **details)
+        manifest = build_manifest(self.job_id, files, skipped, retries=self.retries, **details)
         key = self.manifest
         self.retry("manifest upload", lambda: store_manifest(self.store, key, manifest))
         return manifest

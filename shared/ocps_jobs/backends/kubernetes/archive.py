@@ -12,6 +12,7 @@ from ...conventions import ANNOTATIONS, archive_key, manifest_key
 from ...errors import BackendUnavailableError
 from ...models import JobRecord, ResultFile
 from ...objectstore import ObjectStore
+from ...observability import metrics
 from ...uploader.manifest import manifest_files, read_manifest_files, store_merged_manifest
 from .views import JobView, PodView
 
@@ -146,8 +147,11 @@ class Archive:
                 # Checked again on the next read: an uploader's late write of its own
                 # shorter record (a restarted pod, a second replica) is then replaced too.
                 self.store.put_bytes(key, current.encode(), "application/json")
+                metrics.ARCHIVE_WRITES.labels("ok").inc()
+                log.info("job archived", extra={"job_id": record.job_id})
                 return
         except BackendUnavailableError as error:
+            metrics.ARCHIVE_WRITES.labels("failed").inc()
             log.warning(
                 "archived record of job %s not brought up to date: %s", record.job_id, error
             )

@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 
 from ...config import Settings
 from ...conventions import ANNOTATIONS, LABEL_JOB_ID, LABEL_OWNER, job_name, job_prefix
-from ...errors import JobNotFoundError
+from ...errors import BackendUnavailableError, JobNotFoundError
 from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
 from ...objectstore import ObjectStore
 from ..base import JobUpdate, Unset
@@ -278,6 +278,14 @@ class KubernetesBackend:
                 seen = watched.changes(job_id)
         finally:
             watched.leave(job_id)
+
+    def check_ready(self) -> dict[str, object]:
+        """Readiness: one small list of Jobs answers, and the watches (if started) are synced."""
+        self.kube.probe()
+        watched = self._watched
+        if watched is not None and not watched.synced:
+            raise BackendUnavailableError("Kubernetes watch of Jobs and Pods is not synced")
+        return {"reachable": True, "watch": "not started" if watched is None else "synced"}
 
     def close(self) -> None:
         """Stop the watches and release the connection pool."""

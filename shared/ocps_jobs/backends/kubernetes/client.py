@@ -17,6 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from ...errors import BackendUnavailableError, InvalidRequestError, PayloadTooLargeError
+from ...observability import metrics
 
 __all__ = [
     "PAGE_SIZE",
@@ -37,6 +38,7 @@ Kind = Literal["jobs", "pods"]
 
 PAGE_SIZE = 500
 REQUEST_TIMEOUT = (5, 30)
+PROBE_TIMEOUT = (1, 2)  # a readiness probe's list: shorter than the probe's own timeout
 # Each watch request ends after this long (the apiserver caps it too); it resumes at once.
 WATCH_SECONDS = 300
 
@@ -103,11 +105,13 @@ class KubernetesApi:
                 reason = api_message(error)
                 raise InvalidRequestError(f"Kubernetes refused the job: {reason}") from None
             log.warning("Kubernetes %s failed: %s %s", action, error.status, error.reason)
+            metrics.BACKEND_ERRORS.labels("kubernetes", action).inc()
             raise BackendUnavailableError(
                 f"Kubernetes unavailable ({action}: {error.status} {error.reason})"
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             log.warning("Kubernetes %s failed: %s", action, error)
+            metrics.BACKEND_ERRORS.labels("kubernetes", action).inc()
             raise BackendUnavailableError(f"Kubernetes unavailable ({action})") from None
 
     def raw(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -153,6 +157,16 @@ class KubernetesApi:
 
         created: dict[str, Any] = orjson.loads(self.call("create job", post).data)
         return created
+
+    def probe(self) -> None:
+        """One small list of Jobs with a probe's short timeout (readiness)."""
+
+        def list_one(_request_timeout: object) -> Any:
+            return self.batch.list_namespaced_job(
+                self.namespace, limit=1, _preload_content=False, _request_timeout=PROBE_TIMEOUT
+            )
+
+        self.call("list jobs", list_one)
 
     def read_job(self, name: str) -> dict[str, Any] | None:
         """The Job, or None when there is none."""

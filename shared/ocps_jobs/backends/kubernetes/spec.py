@@ -156,6 +156,8 @@ def uploader_configuration(job_id: str, replicas: int, settings: Settings) -> Up
         upload_interval_seconds=settings.upload_interval_seconds,
         job_record_file=RECORD_FILE,
         replicas=replicas,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
     )
 
 
