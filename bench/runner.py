@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import cluster, coldstart, local, transfer
+from . import cluster, coldstart, history, local, transfer
 from .common import Result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,6 +27,7 @@ SUITES: dict[str, Callable[[Path, bool], Iterable[Result]]] = {
     "local": local.run,
     "cluster": cluster.run,
     "transfer": transfer.run,
+    "history": history.run,
 }
 
 
