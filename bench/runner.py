@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import cluster, coldstart, local, scale, transfer
+from . import cluster, coldstart, history, local, scale, transfer
 from .common import Result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -28,6 +28,7 @@ SUITES: dict[str, Callable[[Path, bool], Iterable[Result]]] = {
     "cluster": cluster.run,
     "scale": scale.run,
     "transfer": transfer.run,
+    "history": history.run,
 }
 
 

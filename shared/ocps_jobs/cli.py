@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ClientError, InvalidArgumentError, OCPSClient, WaitTimeoutError
+from .conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from .errors import OCPSError, SettingsError
 from .models import JOB_PARAMETERS, JobParameter, ParameterKind
 from .observability.logs import configure_logging, flush_logging
@@ -37,6 +38,12 @@ def _positive_seconds(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
+
+
+def _page_size(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_PAGE_SIZE):
+        raise argparse.ArgumentTypeError(f"must be a number of jobs from 1 to {MAX_PAGE_SIZE}")
+    return int(text)
 
 
 def _destination(parameter: JobParameter) -> str:
@@ -109,8 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         _add_parameter(submit, parameter)
     submit.add_argument("--wait", action="store_true", help="wait until it finishes")
 
-    listing = client_command("list", "list jobs")
+    listing = client_command("list", "list jobs (all, oldest first; a page with --limit)")
     listing.add_argument("--phase")
+    listing.add_argument(
+        "--limit", type=_page_size, help="one page of at most N jobs, newest first"
+    )
+    listing.add_argument("--cursor", help="the page after the one that printed this cursor")
 
     status = client_command("status", "show one job")
     status.add_argument("job_id")
@@ -347,7 +358,14 @@ def _run_client(args: argparse.Namespace) -> int:
             _emit(args, job, _jobs_table([job]))
             return EXIT_OK if not args.wait or job["phase"] == "completed" else EXIT_JOB_FAILED
         if args.command == "list":
-            jobs = client.list_jobs(args.phase)
+            if args.limit is None and args.cursor is None:
+                jobs = client.list_jobs(args.phase)
+            else:
+                jobs, following = client.list_page(
+                    args.phase, args.limit or DEFAULT_PAGE_SIZE, args.cursor
+                )
+                if following is not None:
+                    print(f"more jobs: ocps-jobs list --cursor {following}", file=sys.stderr)
             _emit(args, jobs, _jobs_table(jobs))
         elif args.command == "status":
             job = client.get(args.job_id)

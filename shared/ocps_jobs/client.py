@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlparse
 
 import httpx
 
@@ -137,6 +137,23 @@ class OCPSClient:
         params = {"phase": phase} if phase else None
         result: list[dict[str, Any]] = self._request("GET", "/job", params=params)
         return result
+
+    def list_page(
+        self, phase: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs, newest first, and the cursor of the next page (None: the last)."""
+        params = {"limit": str(limit), "phase": phase or "", "cursor": cursor or ""}
+        params = {name: value for name, value in params.items() if value}
+        try:
+            response = self.http.request("GET", "/job", params=params)
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            raise ClientError(f"Cannot reach {self.http.base_url}: {error}") from error
+        if response.is_error:
+            _raise_for(response)
+        following = response.links.get("next", {}).get("url")
+        found = parse_qs(urlparse(following).query).get("cursor") if following else None
+        jobs: list[dict[str, Any]] = response.json()
+        return jobs, found[0] if found else None
 
     def get(self, job_id: str) -> dict[str, Any]:
         """One job object."""

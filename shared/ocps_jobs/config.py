@@ -237,6 +237,9 @@ class Settings(BaseModel):
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
 
+    # Kubernetes: a queued job whose pods cannot start for this long ends error (0 = waits).
+    start_timeout_seconds: int = Field(default=0, ge=0, le=30 * 86400)
+
     # Execution duration (seconds a job may run before it is aborted; 0 = unlimited).
     # New jobs get the default; with a maximum set, any request above it, and a request
     # for 0 (unlimited), is clamped to the maximum. Both 0 = no limit (the default).

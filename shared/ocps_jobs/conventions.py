@@ -11,6 +11,7 @@ __all__ = [
     "CONTAINER_GIT_CLONE",
     "CONTAINER_JOB",
     "CONTAINER_UPLOADER",
+    "DEFAULT_PAGE_SIZE",
     "ENV_JOB_REPLICA_INDEX",
     "JOB_ID_PATTERN",
     "LABEL_JOB_ID",
@@ -19,6 +20,7 @@ __all__ = [
     "LABEL_RUN_ID",
     "LOG_RESULT_NAME",
     "MANAGED_BY",
+    "MAX_PAGE_SIZE",
     "RESERVED_ENV_NAMES",
     "archive_key",
     "is_job_id",
@@ -39,6 +41,14 @@ JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 def is_job_id(value: str) -> bool:
     """True for a well-formed job id: 32 lower-case hex digits."""
     return bool(JOB_ID_PATTERN.fullmatch(value))
+
+
+# --- job lists ------------------------------------------------------------------------------
+
+# The most jobs one page of a list holds (JSON ``limit``, the CLI's ``--limit``).
+MAX_PAGE_SIZE = 1000
+# The jobs on one page when a caller pages without saying how many (a cursor alone).
+DEFAULT_PAGE_SIZE = 100
 
 
 # --- Kubernetes labels (selectors only) and annotations (all metadata) ----------------------
@@ -62,6 +72,9 @@ class ANNOTATIONS:
     DESTRUCTION = ANNOTATION_PREFIX + "destruction"
     ABORT_REQUESTED = ANNOTATION_PREFIX + "abort-requested"
     ABORT_REASON = ANNOTATION_PREFIX + "abort-reason"
+    # A job that could not start within the start timeout: when it was given up, and why.
+    START_TIMED_OUT = ANNOTATION_PREFIX + "start-timed-out"
+    START_FAILURE = ANNOTATION_PREFIX + "start-failure"
     # On the pod template: the record the uploader archives, which it reads as a file.
     RECORD = ANNOTATION_PREFIX + "record"
 

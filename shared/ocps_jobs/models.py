@@ -367,6 +367,8 @@ class JobRecord(BaseModel):
     parameters: JobParameters
     environment: list[EnvironmentVariable] = []
     error_message: str = ""
+    # While queued: why its pods do not start (unschedulable, image pull, missing Secret).
+    waiting_reason: str = ""
     results: list[ResultFile] | None = None
 
     @property

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .backends import JobBackend, JobUpdate
-from .backends.base import Unset
+from .backends.base import JobHistory, Unset
 from .config import Settings
-from .conventions import is_job_id, manifest_key
-from .errors import JobNotFoundError, ResultNotFoundError
+from .conventions import MAX_PAGE_SIZE, is_job_id, manifest_key
+from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
 from .models import (
     FINAL_PHASES,
     Caller,
@@ -24,6 +25,7 @@ from .models import (
     utcnow,
 )
 from .objectstore import ObjectStore, ObjectStream
+from .objectstore.history import is_sort_key, place_of, sort_key
 from .observability.context import note_request
 from .observability.events import JobEvents
 from .resultids import decode_result_id
@@ -38,18 +40,33 @@ from .transitions import (
 )
 from .uploader.manifest import read_manifest_files
 
-__all__ = ["JobService", "ListQuery"]
+__all__ = ["JobPage", "JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ListQuery:
-    """Filters of a job list, combined with AND."""
+    """Filters of a job list, combined with AND, and its paging.
+
+    ``last`` (UWS LAST) keeps the newest N, newest first. ``limit`` asks for one page of at
+    most that many jobs, newest first, starting after ``cursor`` (the ``next_cursor`` of
+    the previous page). Neither: every job, oldest first.
+    """
 
     phases: frozenset[Phase] | None = None
     after: datetime | None = None
     last: int | None = None
+    limit: int | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job list; ``next_cursor`` continues it, None on the last page."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
 
 
 class JobService:
@@ -114,20 +131,56 @@ class JobService:
     def list_jobs(self, caller: Caller, query: ListQuery | None = None) -> list[JobRecord]:
         """The caller's jobs, oldest first, filtered; ``last`` keeps the newest N, newest first."""
         query = query or ListQuery()
-        records = self.backend.list_records(None if caller.admin else caller.name)
+        if query.last is None and query.limit is None:
+            return self.list_page(caller, query).records[::-1]
+        return self.list_page(caller, query).records
+
+    def list_page(self, caller: Caller, query: ListQuery) -> JobPage:
+        """One page of the caller's jobs, newest first (all of them without LAST or limit).
+
+        Jobs past their destruction time are left out. On the Kubernetes backend the jobs
+        whose Job object is gone come from the store's history index, read only as far as
+        the page needs.
+        """
+        if query.cursor is not None and not is_sort_key(query.cursor):
+            raise InvalidRequestError("The cursor is not one a previous page returned")
+        bounds = [n for n in (query.last, query.limit) if n is not None]
+        size = min(bounds) if bounds else None
+        if size == 0:
+            return JobPage([], None)
+        owner = None if caller.admin else caller.name
         now = _now()
-        records = [record for record in records if not _destroyed(record, now)]
-        for record in records:
+        # One more than a page asks for: whether another page follows.
+        wanted = None if size is None else size + (query.limit is not None)
+        records: list[JobRecord] = []
+        for record in self._newest(owner, query.cursor or "", wanted or MAX_PAGE_SIZE):
+            if query.after is not None and record.creation_time <= query.after:
+                break  # newest first: every later one is older still
+            if _destroyed(record, now):
+                continue
             self.events.observe(record)
-        if query.phases is not None:
-            records = [record for record in records if record.phase in query.phases]
-        if query.after is not None:
-            after = query.after
-            records = [record for record in records if record.creation_time > after]
-        records.sort(key=lambda record: (record.creation_time, record.job_id))
-        if query.last is not None:
-            records = records[::-1][: query.last]
-        return records
+            if owner is not None and record.owner != owner:
+                continue
+            if query.phases is not None and record.phase not in query.phases:
+                continue
+            records.append(record)
+            if wanted is not None and len(records) >= wanted:
+                break
+        if size is None or len(records) <= size:
+            return JobPage(records, None)
+        records = records[:size]
+        return JobPage(records, sort_key(records[-1].creation_time, records[-1].job_id))
+
+    def _newest(self, owner: str | None, after: str, page_size: int) -> Iterator[JobRecord]:
+        """Every job of ``owner`` (all when None) newest first, after the sort key ``after``."""
+        if isinstance(self.backend, JobHistory):
+            yield from self.backend.iter_newest(owner, after, page_size)
+            return
+        records = self.backend.list_records(owner)
+        if after:
+            before = place_of(after)
+            records = [r for r in records if (r.creation_time, r.job_id) < before]
+        yield from sorted(records, key=lambda r: (r.creation_time, r.job_id), reverse=True)
 
     def start_job(self, job_id: str, caller: Caller) -> JobRecord:
         """PENDING -> QUEUED; a job already on its way is left as it is (409 once it ended)."""
@@ -218,17 +271,25 @@ class JobService:
         sweep on backends that do not.
         """
         now = _now()
+        expired = {
+            record.job_id: record
+            for record in self.backend.list_records(None)
+            if _destroyed(record, now)
+        }
+        due = list(expired)
+        if isinstance(self.backend, JobHistory):
+            due += self.backend.expired_history(now)  # archived, their Job perhaps gone
         destroyed = []
-        for record in self.backend.list_records(None):
-            if not _destroyed(record, now):
-                continue
-            self.events.end_before_delete(record)
+        for job_id in dict.fromkeys(due):
+            record = expired.get(job_id)
+            if record is not None:
+                self.events.end_before_delete(record)
             try:
-                self.backend.delete(record.job_id)
+                self.backend.delete(job_id)
             except JobNotFoundError:
                 continue
-            self.events.destroyed(record.job_id)
-            destroyed.append(record.job_id)
+            self.events.destroyed(job_id)
+            destroyed.append(job_id)
         return destroyed
 
     def wait_for_job(

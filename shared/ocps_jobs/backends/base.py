@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..models import JobRecord, Phase
 
-__all__ = ["UNSET", "JobBackend", "JobUpdate", "Unset"]
+__all__ = ["UNSET", "JobBackend", "JobHistory", "JobUpdate", "Unset"]
 
 
 class Unset:
@@ -61,3 +62,16 @@ class JobBackend(Protocol):
 
     def close(self) -> None:
         """Release threads and connections."""
+
+
+@runtime_checkable
+class JobHistory(Protocol):
+    """A backend that keeps jobs listable past its own records (Kubernetes: the store's index)."""
+
+    def iter_newest(
+        self, owner: str | None, after: str = "", page_size: int = 100
+    ) -> Iterator[JobRecord]:
+        """Every kept job newest first, after a sort key (``objectstore.history.sort_key``)."""
+
+    def expired_history(self, now: datetime) -> list[str]:
+        """Ids of kept jobs whose destruction time has come."""

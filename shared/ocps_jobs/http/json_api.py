@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 from flask import Response
 
+from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..errors import InvalidRequestError
 from ..models import DeleteResponse, JobRequest, Phase
 from ..service import ListQuery
@@ -38,8 +40,23 @@ def delete_job(ctx: Context) -> Response:
     return json_response(DeleteResponse().model_dump())
 
 
+def _page_size(text: str | None, cursor: str | None) -> int | None:
+    """``limit``: 1 to ``MAX_PAGE_SIZE``; ``DEFAULT_PAGE_SIZE`` for a cursor without it."""
+    if text is None:
+        return DEFAULT_PAGE_SIZE if cursor is not None else None
+    size = parse_natural(text)
+    if size is None or not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+    return size
+
+
 def list_jobs(ctx: Context) -> Response:
-    """``GET /api/v1/job[?phase=]``: the caller's jobs, oldest first."""
+    """``GET /api/v1/job[?phase=][&limit=n][&cursor=c]``: the caller's jobs.
+
+    Without paging parameters (as the CSC asks): every kept job, oldest first. With
+    ``limit`` (and ``cursor`` from the previous page): one page, newest first, and a
+    ``Link: <...>; rel="next"`` header while more jobs follow.
+    """
     phase_text = ctx.request.args.get("phase", "")
     phases = None
     if phase_text:
@@ -50,11 +67,20 @@ def list_jobs(ctx: Context) -> Response:
             raise InvalidRequestError(
                 f"Unknown phase {phase_text[:40]!r}; valid phases are {valid}"
             ) from None
-    records = ctx.service.list_jobs(ctx.caller, ListQuery(phases=phases))
+    cursor = ctx.request.args.get("cursor")
+    limit = _page_size(ctx.request.args.get("limit"), cursor)
+    page = ctx.service.list_page(ctx.caller, ListQuery(phases=phases, limit=limit, cursor=cursor))
+    records = page.records if limit is not None else page.records[::-1]
     store = ctx.service.store
-    return json_response(
+    response = json_response(
         [job_document(record, ctx.service.results_of(record), store) for record in records]
     )
+    if page.next_cursor is not None and limit is not None:
+        query = {"limit": str(limit), "cursor": page.next_cursor}
+        if phase_text:
+            query["phase"] = phase_text.lower()
+        response.headers["Link"] = f'<{API}/job?{urlencode(query)}>; rel="next"'
+    return response
 
 
 def get_job(ctx: Context) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..models import (
     DeleteResponse,
     ErrorBody,
@@ -16,6 +17,7 @@ from ..models import (
     Phase,
     ResultListing,
 )
+from ..objectstore.history import SORT_KEY_PATTERN
 from .parsing import form_schema
 
 __all__ = ["openapi_document"]
@@ -108,11 +110,29 @@ def openapi_document() -> dict[str, Any]:
                         "required": False,
                         "description": "One phase, in any case; empty for every phase",
                         "schema": {"type": "string", "pattern": f"^({any_case})?$"},
-                    }
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Page size: one page of jobs, newest first, with a Link rel=next"
+                            f" header while more follow ({DEFAULT_PAGE_SIZE} with a cursor)"
+                        ),
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The next page after the one whose Link header gave it",
+                        "schema": {"type": "string", "pattern": SORT_KEY_PATTERN},
+                    },
                 ],
                 "responses": {
                     "200": _json(
-                        {"type": "array", "items": _ref("JobDocument")}, "Jobs, oldest first"
+                        {"type": "array", "items": _ref("JobDocument")},
+                        "Jobs, oldest first; newest first with limit",
                     ),
                     **_errors(400, 503),
                 },

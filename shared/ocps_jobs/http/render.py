@@ -87,6 +87,7 @@ def job_document(
             "commit_ref": record.parameters.commit_ref,
         },
         "results": [result_reference(result, store) for result in results],
-        "errorSummary": {"message": record.error_message},
+        # While queued, why its pods cannot start: the seed's fields, no new one for the CSC.
+        "errorSummary": {"message": record.error_message or record.waiting_reason},
         "jobInfo": {},
     }

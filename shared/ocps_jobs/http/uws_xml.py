@@ -16,6 +16,7 @@ from ..resultids import encode_result_id
 
 __all__ = [
     "ENV_ENTRY",
+    "OCPS_NS",
     "UWS_NS",
     "UWS_VERSION",
     "job_document",
@@ -31,6 +32,8 @@ __all__ = [
 UWS_NS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+# Our own elements inside ``jobInfo`` (which UWS leaves to the implementation).
+OCPS_NS = "urn:ocps-jobs"
 UWS_VERSION = "1.1"
 XML_TYPE = "text/xml"
 TEXT_TYPE = "text/plain"
@@ -39,7 +42,7 @@ ENV_ENTRY = "env"
 
 # pyvo reads attributes by their literal prefixed names (``xlink:href``), so the prefixes
 # are fixed. Registering a prefix is idempotent process state, not configuration.
-for _prefix, _uri in (("uws", UWS_NS), ("xlink", XLINK_NS), ("xsi", XSI_NS)):
+for _prefix, _uri in (("uws", UWS_NS), ("xlink", XLINK_NS), ("xsi", XSI_NS), ("ocps", OCPS_NS)):
     ET.register_namespace(_prefix, _uri)
 
 # Characters XML 1.0 cannot carry (controls, lone surrogates, U+FFFE/U+FFFF): a command or
@@ -177,7 +180,16 @@ def job_document(record: JobRecord, results: list[ResultFile], download_base: st
     root.append(parameters_element(record))
     root.append(results_element(record, results, download_base))
     _error_summary(root, record)
+    _job_info(root, record)
     return root
+
+
+def _job_info(parent: ET.Element, record: JobRecord) -> None:
+    """``<uws:jobInfo>`` with ``<ocps:waitingReason>`` while a queued job's pods cannot start."""
+    if not record.waiting_reason:
+        return
+    info = ET.SubElement(parent, _uws("jobInfo"))
+    ET.SubElement(info, f"{{{OCPS_NS}}}waitingReason").text = clean_text(record.waiting_reason)
 
 
 def job_list_document(records: list[JobRecord], job_base: str) -> ET.Element:

@@ -119,6 +119,9 @@ class ObjectStore(Protocol):
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under ``prefix``, in key order."""
 
+    def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+        """At most ``limit`` keys under ``prefix`` after ``start_after``, in key order."""
+
     def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
         """Stream bytes ``start..end`` (inclusive) of the object, or None when missing."""
 

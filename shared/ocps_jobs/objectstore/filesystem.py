@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import shutil
@@ -110,6 +111,20 @@ class FilesystemStore:
                 found.append(ObjectInfo(key, path.stat().st_size, guess_content_type(key)))
         return sorted(found, key=lambda info: info.key)
 
+    def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+        """Keys in one folder (``prefix`` ends with ``/``) after ``start_after``, sorted."""
+        folder = self.root / prefix
+        try:
+            names = sorted(
+                entry.name
+                for entry in os.scandir(folder)
+                if entry.is_file() and not entry.name.startswith(".upload-")
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        first = bisect.bisect_right(names, start_after.removeprefix(prefix))
+        return [prefix + name for name in names[first : first + max(0, limit)]]
+
     def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
         """Stream a byte range of a file without reading it whole."""
         info = self.head(key)
@@ -131,8 +146,12 @@ class FilesystemStore:
         return ObjectStream(info, start, last, chunks(), handle.close)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove a folder of objects."""
-        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+        """Remove a folder of objects, or the one object the prefix names."""
+        path = self._path(prefix.rstrip("/"))
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
     def uri(self, key: str) -> str:
         """A ``file://`` URI of the object."""

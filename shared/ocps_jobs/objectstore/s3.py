@@ -219,6 +219,19 @@ class S3Store:
             raise BackendUnavailableError(f"Listing {prefix} failed: {error}") from error
         return found
 
+    def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+        """One listing call: at most ``limit`` (≤ 1000) keys after ``start_after``."""
+        try:
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                StartAfter=max(start_after, prefix),
+                MaxKeys=max(1, min(limit, 1000)),
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise BackendUnavailableError(f"Listing {prefix} failed: {error}") from error
+        return [item["Key"] for item in page.get("Contents", [])]
+
     def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream | None:
         """Stream a byte range; the body is read in bounded chunks as the client consumes it."""
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key}

@@ -18,7 +18,7 @@ from ..objectstore import open_store
 from ..observability.logs import configure_logging
 from .contract import FAILURE_FILE_NAME, STDERR_FILE_NAME, UploaderConfig
 from .manifest import manifest_exit_code, store_merged_manifest
-from .record import final_record, seed_record
+from .record import final_record, index_record, seed_record
 from .scan import read_job_file
 from .upload import Uploader
 
@@ -100,6 +100,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
         uploader.retry(
             "record upload", lambda: store.put_bytes(archive_key(job_id), data, "application/json")
         )
+        try:
+            uploader.retry("history entry", lambda: index_record(store, record))
+        except (KeyError, ValueError) as error:
+            log.error("job %s not entered in the history: %s", job_id, error)
     if not stop.is_set():
         stop.wait()  # a native sidecar lives until the pod ends
     return 0

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..objectstore import ObjectStore
+from ..objectstore.history import HistoryIndex
 from .contract import UploaderConfig
 from .manifest import manifest_files
 
-__all__ = ["final_record", "seed_record"]
+__all__ = ["final_record", "index_record", "seed_record"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +70,14 @@ def seed_record(config: UploaderConfig) -> dict[str, Any] | None:
         return None
     seed: dict[str, Any] | None = json.loads(text) if text.strip() else None
     return seed
+
+
+def index_record(store: ObjectStore, record: dict[str, Any]) -> None:
+    """Enter an archived record in the store's history, so lists show it after the TTL."""
+    destruction = record.get("destruction")
+    HistoryIndex(store).add(
+        str(record["job_id"]),
+        str(record.get("owner") or ""),
+        datetime.fromisoformat(str(record["creation_time"])),
+        datetime.fromisoformat(str(destruction)) if destruction else None,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from ...conventions import ANNOTATIONS, archive_key, manifest_key
 from ...errors import BackendUnavailableError
 from ...models import JobRecord, ResultFile
 from ...objectstore import ObjectStore
+from ...objectstore.history import HistoryIndex
 from ...observability import metrics
 from ...uploader.manifest import manifest_files, read_manifest_files, store_merged_manifest
 from .views import JobView, PodView
@@ -21,6 +23,8 @@ __all__ = ["Archive", "needs_manifest"]
 log = logging.getLogger(__name__)
 
 _MISSING_TTL_SECONDS = 5.0
+# Archived records kept for the history lists: a bound, so memory does not grow with history.
+LISTED_CACHE_RECORDS = 2048
 
 
 def needs_manifest(job: Mapping[str, Any]) -> bool:
@@ -35,11 +39,14 @@ class Archive:
     """The results (manifests) and archived records of the jobs, kept current.
 
     A manifest never changes once written: it is cached; its absence is remembered for a
-    few seconds. An archived record is rewritten whenever the live record differs.
+    few seconds. An archived record is rewritten whenever the live record differs, and
+    indexed in the store's history so that it is listed once Kubernetes removed its Job.
     """
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.history = HistoryIndex(store)
+        self._listed: OrderedDict[str, JobRecord] = OrderedDict()
         self._manifests: dict[str, list[ResultFile]] = {}
         self._missing: dict[str, float] = {}
         self._archives_checked: dict[str, int] = {}  # job -> hash of the record job.json holds
@@ -79,6 +86,24 @@ class Archive:
             return None
         if record.results is None:
             record.results = self.results(job_id) or []
+        return record
+
+    def listed(self, job_id: str) -> JobRecord | None:
+        """The archived record of a job whose Kubernetes Job is gone, for a list.
+
+        Such a record no longer changes: the last ``LISTED_CACHE_RECORDS`` read are kept.
+        """
+        with self._lock:
+            record = self._listed.get(job_id)
+            if record is not None:
+                self._listed.move_to_end(job_id)
+                return record
+        record = self.archived(job_id)
+        if record is not None:
+            with self._lock:
+                self._listed[job_id] = record
+                while len(self._listed) > LISTED_CACHE_RECORDS:
+                    self._listed.popitem(last=False)
         return record
 
     def merge_what_replicas_left(
@@ -140,15 +165,21 @@ class Archive:
             if data is None and not write_missing:
                 return  # not yet: the uploader writes it after the manifest
             try:
-                same = data is not None and JobRecord.model_validate_json(data) == record
+                stored = JobRecord.model_validate_json(data) if data is not None else None
             except ValueError:
-                same = False
-            if not same:
+                stored = None
+            if stored != record:
                 # Checked again on the next read: an uploader's late write of its own
                 # shorter record (a restarted pod, a second replica) is then replaced too.
                 self.store.put_bytes(key, current.encode(), "application/json")
                 metrics.ARCHIVE_WRITES.labels("ok").inc()
                 log.info("job archived", extra={"job_id": record.job_id})
+                with self._lock:
+                    self._listed.pop(record.job_id, None)
+            if stored is not None and stored.destruction != record.destruction:
+                self.history.move_destruction(record.job_id, stored.destruction, None)
+            self.history.add(record.job_id, record.owner, record.creation_time, record.destruction)
+            if stored != record:
                 return
         except BackendUnavailableError as error:
             metrics.ARCHIVE_WRITES.labels("failed").inc()
@@ -164,3 +195,4 @@ class Archive:
         with self._lock:
             self._manifests.pop(job_id, None)
             self._archives_checked.pop(job_id, None)
+            self._listed.pop(job_id, None)

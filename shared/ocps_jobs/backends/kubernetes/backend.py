@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -16,6 +19,7 @@ from ...conventions import ANNOTATIONS, LABEL_JOB_ID, LABEL_OWNER, job_name, job
 from ...errors import BackendUnavailableError, JobNotFoundError
 from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
 from ...objectstore import ObjectStore
+from ...objectstore.history import place_of
 from ..base import JobUpdate, Unset
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi, Missing
@@ -23,7 +27,7 @@ from .credentials import new_api_client
 from .metadata import owner_label
 from .record import record_from_job
 from .spec import build_environment, build_job, job_json
-from .status import ran_to_completion
+from .status import ran_to_completion, start_timed_out
 from .views import JobView, PodView
 from .watch import MANAGED_SELECTOR, WatchCache, freeze_long_lived
 
@@ -38,6 +42,11 @@ FIRST_SYNC_WAIT_SECONDS = 60.0
 FREEZE_AFTER_RECORDS = 1000
 
 JobAndPods = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def _place(record: JobRecord) -> tuple[datetime, str]:
+    """Where a record stands in a list: by creation time, then job id."""
+    return record.creation_time, record.job_id
 
 
 class KubernetesBackend:
@@ -56,6 +65,7 @@ class KubernetesBackend:
         self._watched: WatchCache | None = None
         self._closed = False
         self._records: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
+        self._giving_up: set[str] = set()
 
     def _informed(self) -> WatchCache:
         """The process's watches of Jobs and Pods, started on first use."""
@@ -96,6 +106,8 @@ class KubernetesBackend:
         job, pods = view
         results = self.archive.results(job_id) if needs_manifest(job) else None
         record = record_from_job(job, pods, results)
+        if self._start_overdue(job, record):
+            return self._give_up(record)
         merged = False
         if record.phase in FINAL_PHASES and results is None:
             results = self.archive.merge_what_replicas_left(record, job, pods)
@@ -159,6 +171,12 @@ class KubernetesBackend:
                     log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
                     continue
                 new += 1
+                if record.phase in FINAL_PHASES and results is not None:
+                    # Archived and indexed while the Job exists, read or not: it stays listed.
+                    self._pool.submit(self._keep_archived, record)
+            if self._start_overdue(job, record) and job_id not in self._giving_up:
+                self._giving_up.add(job_id)
+                self._pool.submit(self._give_up, record)  # ends error; a later list shows it
             built[job_id] = (key, record)
             records.append(record)  # shared with later lists: callers only read records
         if snapshot is not None:
@@ -171,6 +189,100 @@ class KubernetesBackend:
         if owner is not None:
             records = [record for record in records if record.owner == owner]
         return records
+
+    def _start_overdue(self, job: dict[str, Any], record: JobRecord) -> bool:
+        """A queued job whose pods have not started within the start timeout."""
+        timeout = self.settings.start_timeout_seconds
+        return record.phase is Phase.QUEUED and start_timed_out(JobView(job), utcnow(), timeout)
+
+    def _give_up(self, record: JobRecord) -> JobRecord:
+        """End a job that cannot start: ``error`` with its waiting reason, its pods stopped.
+
+        Suspending the Job makes Kubernetes delete its pods (as an abort does); the record
+        is archived at once, since no uploader ever ran.
+        """
+        timeout = self.settings.start_timeout_seconds
+        reason = record.waiting_reason or "no pod of the job started"
+        message = f"The job could not start within {timeout} s: {reason}"
+        now = utcnow()
+        try:
+            self._patch(
+                record.job_id,
+                {
+                    "metadata": {
+                        "annotations": {
+                            ANNOTATIONS.START_TIMED_OUT: now.isoformat(),
+                            ANNOTATIONS.START_FAILURE: message,
+                        }
+                    },
+                    "spec": {"suspend": True},
+                },
+            )
+        except JobNotFoundError:
+            return record
+        finally:
+            self._giving_up.discard(record.job_id)
+        log.warning("job %s did not start within %d s: %s", record.job_id, timeout, reason)
+        ended = record.model_copy(
+            update={
+                "phase": Phase.ERROR,
+                "end_time": now,
+                "error_message": message,
+                "waiting_reason": "",
+            }
+        )
+        self.archive.keep_current(ended, write_missing=True)
+        return ended
+
+    def _keep_archived(self, record: JobRecord) -> None:
+        try:
+            self.archive.keep_current(record)
+        except Exception:  # a background pass: logged, retried by a later list or read
+            log.exception("archive upkeep of job %s failed", record.job_id)
+
+    def iter_newest(
+        self, owner: str | None, after: str = "", page_size: int = 100
+    ) -> Iterator[JobRecord]:
+        """Every kept job newest first, after the sort key ``after``: live Jobs and history.
+
+        The live Jobs come from the watched copies; the jobs whose Job Kubernetes removed
+        from the store's history index, one listing page at a time, their archived records
+        read in parallel. Ordered as ``objectstore.history.sort_key`` orders them.
+        """
+        live = self.list_records(owner)
+        live_ids = {record.job_id for record in live}
+        if after:
+            before = place_of(after)
+            live = [r for r in live if (r.creation_time, r.job_id) < before]
+        live.sort(key=_place, reverse=True)
+        archived = self._archived_newest(owner, after, page_size, live_ids)
+        yield from heapq.merge(live, archived, key=_place, reverse=True)
+
+    def _archived_newest(
+        self, owner: str | None, after: str, page_size: int, live_ids: set[str]
+    ) -> Iterator[JobRecord]:
+        entries = self.archive.history.newest(owner, after, page_size)
+        while True:
+            page = [entry for _, entry in zip(range(page_size), entries, strict=False)]
+            if not page:
+                return
+            wanted = [entry.job_id for entry in page if entry.job_id not in live_ids]
+            for record in self._pool.map(self.archive.listed, wanted):
+                if record is not None and (owner is None or record.owner == owner):
+                    yield record
+
+    def expired_history(self, now: datetime) -> list[str]:
+        """Ids of archived jobs whose destruction time has come (their Job may be gone).
+
+        An entry left by a job already removed is dropped instead.
+        """
+        due = []
+        for job_id, key in self.archive.history.expired(now):
+            if self.archive.archived(job_id) is None and self._job_and_pods(job_id) is None:
+                self.archive.history.drop(key)
+            else:
+                due.append(job_id)
+        return due
 
     def _patch(self, job_id: str, body: dict[str, Any]) -> None:
         try:
@@ -227,13 +339,20 @@ class KubernetesBackend:
         return record
 
     def delete(self, job_id: str) -> None:
-        """Delete the Job with its pods, and the job's objects."""
+        """Delete the Job with its pods, the job's objects and its history entries."""
+        view = self._job_and_pods(job_id)
+        record = None
+        with contextlib.suppress(KeyError, ValueError):
+            record = record_from_job(*view, None) if view is not None else None
+        archived = self.archive.archived(job_id)
         with contextlib.suppress(Missing):
             self.kube.delete_job(job_name(job_id))
         if self._watched is not None:
             self._watched.forget(job_id)
         self._records.pop(job_id, None)
         self.store.delete_prefix(job_prefix(job_id))
+        for known in {id(r): r for r in (record, archived) if r is not None}.values():
+            self.archive.history.remove(job_id, known.owner, known.creation_time, known.destruction)
         self.archive.forget(job_id)
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:

@@ -54,5 +54,6 @@ def record_from_job(
             if "valueFrom" not in item  # the replica index: each pod's own, not a parameter
         ],
         error_message=status.error_message,
+        waiting_reason=status.waiting_reason,
         results=results if status.phase in FINAL_PHASES else None,
     )

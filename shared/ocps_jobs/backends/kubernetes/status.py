@@ -10,11 +10,21 @@ from ...conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB, CONT
 from ...models import Phase
 from .views import JobView, PodView
 
-__all__ = ["DEADLINE_EXCEEDED", "JobStatus", "job_status", "parse_time", "ran_to_completion"]
+__all__ = [
+    "DEADLINE_EXCEEDED",
+    "JobStatus",
+    "job_status",
+    "parse_time",
+    "ran_to_completion",
+    "start_timed_out",
+    "waiting_reason",
+]
 
 # Kubernetes marks a Job that ran past activeDeadlineSeconds Failed with this reason; for UWS
 # that is the job being aborted for running over its executionDuration.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+# Waiting reasons of a container on its way to start: nothing to report.
+_ON_ITS_WAY = frozenset({"ContainerCreating", "PodInitializing"})
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class JobStatus:
     start_time: datetime | None
     end_time: datetime | None
     error_message: str = ""
+    waiting_reason: str = ""  # while queued: why no pod runs yet (empty when none is known)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -73,6 +84,40 @@ def _termination_message(pods: Sequence[PodView]) -> str:
     return ""
 
 
+def waiting_reason(pods: Sequence[PodView]) -> str:
+    """Why the job's pods do not run: the scheduler's or the kubelet's reason and message.
+
+    ``Unschedulable: 0/3 nodes are available: ...``, ``ImagePullBackOff: Back-off pulling
+    image ...``, ``CreateContainerConfigError: secret "x" not found``; empty when no pod
+    reports one (still being created, or none yet).
+    """
+    for pod in pods:
+        if pod.phase not in (None, "Pending"):
+            continue
+        unscheduled = pod.failing("PodScheduled")
+        if unscheduled is not None:
+            why = unscheduled.reason or "Unschedulable"
+            return f"{why}: {unscheduled.message}" if unscheduled.message else why
+        for container in pod.init_container_statuses + pod.container_statuses:
+            reason = container.waiting_reason
+            if reason and reason not in _ON_ITS_WAY:
+                message = (container.waiting_message or "").strip()
+                return f"{reason}: {message}" if message else reason
+    return ""
+
+
+def start_timed_out(job: JobView, now: datetime, timeout_seconds: int) -> bool:
+    """Whether a queued job has been waiting to start for longer than the start timeout.
+
+    Counted from the Job controller's start (the Job unsuspended), else its creation; a
+    timeout of 0 never ends.
+    """
+    if timeout_seconds <= 0:
+        return False
+    since = parse_time(job.start_time) or parse_time(job.creation_timestamp)
+    return since is not None and (now - since).total_seconds() > timeout_seconds
+
+
 def _uploader_failure(pods: Sequence[PodView]) -> str:
     """A message when the uploader sidecar of a pod ended with an error."""
     for pod in pods:
@@ -96,8 +141,9 @@ def job_status(job: JobView, pods: Sequence[PodView], *, manifest_exists: bool) 
     - ``Failed`` otherwise → ``error`` with the failing container's termination message;
     - ``Complete`` → ``completed`` once the upload manifest exists, ``executing`` until then,
       ``error`` if the uploader sidecar failed;
+    - given up after the start timeout (annotation) → ``error`` with the waiting reason;
     - suspended → ``pending`` (UWS jobs wait for PHASE=RUN);
-    - a Pod running → ``executing``; otherwise ``queued``.
+    - a Pod running → ``executing``; otherwise ``queued``, with the pods' waiting reason.
     """
     annotations = job.annotations
     start = parse_time(job.start_time)
@@ -105,6 +151,10 @@ def job_status(job: JobView, pods: Sequence[PodView], *, manifest_exists: bool) 
     if aborted_at and not ran_to_completion(job, pods):
         reason = annotations.get(ANNOTATIONS.ABORT_REASON) or "Aborted by request."
         return JobStatus(Phase.ABORTED, start, parse_time(aborted_at), reason)
+    given_up = annotations.get(ANNOTATIONS.START_TIMED_OUT)
+    if given_up:
+        reason = annotations.get(ANNOTATIONS.START_FAILURE) or "The job could not start."
+        return JobStatus(Phase.ERROR, None, parse_time(given_up), reason)
     failed = job.condition("Failed")
     if failed is not None:
         ended = parse_time(failed.last_transition_time)
@@ -128,4 +178,4 @@ def job_status(job: JobView, pods: Sequence[PodView], *, manifest_exists: bool) 
         return JobStatus(Phase.PENDING, None, None)
     if any(pod.phase == "Running" for pod in pods):
         return JobStatus(Phase.EXECUTING, start, None)
-    return JobStatus(Phase.QUEUED, None, None)
+    return JobStatus(Phase.QUEUED, None, None, waiting_reason=waiting_reason(pods))

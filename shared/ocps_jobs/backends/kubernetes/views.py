@@ -225,6 +225,16 @@ class ContainerStatusView(View):
         """The termination message of an ended container."""
         return _as_str(_as_dict(self.state.get("terminated")).get("message"))
 
+    @property
+    def waiting_reason(self) -> str | None:
+        """Why a container that has not started waits (``ImagePullBackOff``, ...)."""
+        return _as_str(_as_dict(self.state.get("waiting")).get("reason"))
+
+    @property
+    def waiting_message(self) -> str | None:
+        """The kubelet's words on why the container waits."""
+        return _as_str(_as_dict(self.state.get("waiting")).get("message"))
+
 
 class ObjectView(View):
     """What the backend reads of any managed object: its name, labels and version."""
@@ -266,8 +276,13 @@ class PodView(ObjectView):
 
     __slots__ = ()
     phase = Field("status", "phase", convert=_as_str)
+    conditions = Items(ConditionView, "status", "conditions")
     init_container_statuses = Items(ContainerStatusView, "status", "initContainerStatuses")
     container_statuses = Items(ContainerStatusView, "status", "containerStatuses")
+
+    def failing(self, kind: str) -> ConditionView | None:
+        """The condition ``kind`` when it is False (``PodScheduled``: not scheduled)."""
+        return next((c for c in self.conditions if c.kind == kind and c.status == "False"), None)
 
 
 def trim_job(job: Mapping[str, Any]) -> dict[str, Any]:
