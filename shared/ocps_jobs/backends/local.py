@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..objectstore import ObjectStore
 from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
+from .logs import LogLine, follow_file
 from .records import InMemoryRecords, queue_pending
 
 __all__ = ["LocalBackend"]
@@ -90,6 +92,8 @@ def _own_data_dir(data_dir: Path) -> int:
 
 class LocalBackend(InMemoryRecords):
     """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
+
+    per_replica_logs = False  # the replicas of a job write one log file together
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
@@ -242,6 +246,17 @@ class LocalBackend(InMemoryRecords):
                 self._sweep_wakeup.set()
             self._save(record)
             return record.model_copy(deep=True)
+
+    def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
+        """The log file the job's processes write (replicas share it); None once it ended."""
+        if record.is_final:
+            return None
+
+        def finished() -> bool:
+            current = self.get(record.job_id)
+            return current is None or current.is_final
+
+        return follow_file(self.work_dir / record.job_id / LOG_RESULT_NAME, finished, until)
 
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         """Sleep on a condition variable until the phase changes: no polling."""

@@ -16,6 +16,7 @@ from ..models import Caller
 from ..service import JobService
 from .auth import Authenticator
 from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
+from .logs import LOG_ROUTES
 from .render import render_error
 from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
@@ -28,7 +29,12 @@ log = logging.getLogger(__name__)
 
 FUNCTION_ROUTES: dict[str, list[Route]] = {
     "create_job": [*CREATE_JOB_ROUTES, *UWS_CREATE_JOB_ROUTES, *WEB_CREATE_JOB_ROUTES],
-    "query_job": [*QUERY_JOB_ROUTES, *UWS_QUERY_JOB_ROUTES, *WEB_QUERY_JOB_ROUTES],
+    "query_job": [
+        *QUERY_JOB_ROUTES,
+        *LOG_ROUTES,
+        *UWS_QUERY_JOB_ROUTES,
+        *WEB_QUERY_JOB_ROUTES,
+    ],
     "results": [*RESULTS_ROUTES, *UWS_RESULTS_ROUTES],
 }
 
@@ -129,6 +135,7 @@ def create_embedded_app(service: JobService) -> Flask:
             *RESULTS_ROUTES,
             *CREATE_JOB_ROUTES,
             *QUERY_JOB_ROUTES,
+            *LOG_ROUTES,
             *UWS_RESULTS_ROUTES,
             *UWS_CREATE_JOB_ROUTES,
             *UWS_QUERY_JOB_ROUTES,
