@@ -14,7 +14,7 @@ import requests
 
 from ocps_jobs.resultids import decode_result_id
 from tests.chaos import CLI, ServeProcess
-from tests.helpers import wait_until
+from tests.helpers import git, make_pipeline_repo, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +183,34 @@ def test_a_follow_of_a_queued_job_waits_for_its_first_lines(server: ServeProcess
     assert follow.returncode == 0 and follow.stdout == "finally\n"
     assert time.monotonic() - started > float(FOLLOW_CAP_SECONDS)  # it reconnected meanwhile
     wait_until(lambda: all(phase_of(server, job) == "completed" for job in blockers))
+
+
+def test_what_exactly_ran_is_in_both_interfaces_and_the_archived_record(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    repo = make_pipeline_repo(tmp_path)
+    sha = git(repo, "rev-parse", "release")
+    submitted = run_cli(
+        server,
+        "submit",
+        "cat $JOB_SOURCE_DIR/VERSION",
+        "--git-url",
+        str(repo),
+        "--commit-ref",
+        "release",
+        "--wait",
+        "--json",
+    )
+    job = json.loads(submitted.stdout)
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert job["jobInfo"] == {"commitSha": sha}  # the resolved commit, not "release"
+    assert job["parameters"]["commit_ref"] == "release"
+    status = run_cli(server, "status", job["jobId"]).stdout
+    assert f"commit       {sha}" in status
+    uws = requests.get(f"{server.url}/uws/async/{job['jobId']}", timeout=10).text
+    assert f"<uws:jobInfo><uws:commitSha>{sha}</uws:commitSha></uws:jobInfo>" in uws
+    archived = server.data_dir / "objects" / "ocps-jobs" / "jobs" / job["jobId"] / "job.json"
+    assert json.loads(archived.read_text())["commit_sha"] == sha
+    # A job without a clone has nothing to tell: the seed's empty jobInfo.
+    plain = json.loads(run_cli(server, "submit", "true", "--wait", "--json").stdout)
+    assert plain["jobInfo"] == {}

@@ -188,6 +188,9 @@ def test_every_replica_is_read_and_its_lines_marked(
         )
     )
     assert answer.headers["X-OCPS-Log-Replicas"] == "2"
+    # What exactly ran: the job container's image as the runtime (KWOK) resolved it.
+    job = client.get(f"/api/v1/job/{job_id}").get_json()
+    assert job["jobInfo"]["imageDigest"].startswith(f"kwok://{service.settings.job_image}:")
     assert answer.get_data(as_text=True).splitlines() == [
         "[0] replica 0 says a",
         "[0] replica 0 says b",

@@ -369,6 +369,8 @@ class LocalBackend(InMemoryRecords):
             message = None
             if record.parameters.url:
                 message = self._clone(record, run, environment, log_file)
+                if message is None:
+                    self._keep_commit(job_id)
             if message is None and run.abort_reason is None:
                 message = self._run_command(record, run, environment, root, log_file)
         if run.timer:
@@ -457,6 +459,27 @@ class LocalBackend(InMemoryRecords):
                 detail = "\n".join(tail).strip() or f"git exited with code {code}"
                 return f"git {action} {what} failed: {detail}"
         return None
+
+    def _keep_commit(self, job_id: str) -> None:
+        """The commit the clone checked out, in the record (what exactly ran)."""
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(self.source_dir(job_id)), "rev-parse", "--verify", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log.warning("no commit SHA for job %s: %s", job_id, error)
+            return
+        if done.returncode != 0:
+            return
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                record.commit_sha = done.stdout.strip()
+                self._save(record)
 
     def _run_command(
         self,

@@ -13,6 +13,7 @@ from ..conventions import output_prefix
 from ..errors import AuthenticationRequiredError, MethodNotAllowedError, OCPSError
 from ..models import JOB_PARAMETERS, JobRecord, ParameterKind, Phase, ResultFile
 from ..resultids import encode_result_id
+from .render import provenance
 
 __all__ = [
     "ENV_ENTRY",
@@ -177,7 +178,18 @@ def job_document(record: JobRecord, results: list[ResultFile], download_base: st
     root.append(parameters_element(record))
     root.append(results_element(record, results, download_base))
     _error_summary(root, record)
+    _job_info(root, record)
     return root
+
+
+def _job_info(parent: ET.Element, record: JobRecord) -> None:
+    """``<uws:jobInfo>`` with what exactly ran (``commitSha``, ``imageDigest``) once known."""
+    known = provenance(record)
+    if not known:
+        return
+    info = ET.SubElement(parent, _uws("jobInfo"))
+    for name, value in known.items():
+        _child(info, name, value)
 
 
 def job_list_document(records: list[JobRecord], job_base: str) -> ET.Element:
