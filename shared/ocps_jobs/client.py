@@ -271,8 +271,12 @@ class OCPSClient:
             destination.parent.mkdir(parents=True, exist_ok=True)
             have = partial.stat().st_size if partial.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
+            # A service may redirect to a presigned object-store URL: the Range goes along.
             with self.http.stream(
-                "GET", f"/job/result/{_segment(result_id)}", headers=headers
+                "GET",
+                f"/job/result/{_segment(result_id)}",
+                headers=headers,
+                follow_redirects=True,
             ) as response:
                 if response.status_code == 416 and have:  # the part is the whole file already
                     response.read()
