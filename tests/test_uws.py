@@ -25,7 +25,7 @@ from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, Phase
 from ocps_jobs.service import JobService
 from tests.conftest import REPO_ROOT
-from tests.helpers import wait_until
+from tests.helpers import git, make_pipeline_repo, wait_until
 
 # The reference documents sit beside the repository (../shared/reference); another place
 # can be named with OCPS_REFERENCE_DIR (read at import, before settings are isolated).
@@ -246,6 +246,23 @@ def test_an_error_job_has_an_error_summary_and_stays_valid_xml(client: FlaskClie
     error = client.get(f"/uws/async/{job_id}/error")
     assert error.status_code == 200 and error.mimetype == "text/plain"
     assert "\x1b[31mfailed" in error.get_data(as_text=True)
+
+
+def test_job_info_tells_what_exactly_ran_and_stays_valid_xml(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    repo = make_pipeline_repo(tmp_path)
+    job_id = create(client, command="true", url=str(repo), commit_ref="v1", PHASE="RUN")
+    parsed = finish(client, job_id)  # schema-valid and read by pyvo in pedantic mode
+    assert parsed.phase == "COMPLETED"
+    document = etree.fromstring(client.get(f"/uws/async/{job_id}").data)
+    info = document.find(UWS + "jobInfo")
+    assert info is not None and document[-1] is info  # JobSummary's last element
+    assert info.findtext(UWS + "commitSha") == git(repo, "rev-parse", "v1^{commit}")
+    # A job without a clone: no jobInfo at all.
+    plain = create(client, command="true", PHASE="RUN")
+    finish(client, plain)
+    assert etree.fromstring(client.get(f"/uws/async/{plain}").data).find(UWS + "jobInfo") is None
 
 
 def test_text_sub_resources(client: FlaskClient) -> None:
