@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 from ocps_jobs.backends import JobUpdate
 from ocps_jobs.backends.base import Unset
+from ocps_jobs.backends.logs import LogLine
 from ocps_jobs.backends.records import InMemoryRecords, queue_pending
 from ocps_jobs.conventions import job_prefix
 from ocps_jobs.models import JobRecord, Phase, utcnow
@@ -16,6 +18,8 @@ __all__ = ["RecordingBackend"]
 
 class RecordingBackend(InMemoryRecords):
     """A ``JobBackend`` that keeps records in memory and never runs anything."""
+
+    per_replica_logs = False
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -69,6 +73,9 @@ class RecordingBackend(InMemoryRecords):
             if not isinstance(update.destruction, Unset):
                 record.destruction = update.destruction
             return record.model_copy(deep=True)
+
+    def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
+        return None  # nothing runs: only a stored log, if a test put one there
 
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         return None

@@ -210,7 +210,7 @@ def test_fuzz_every_operation_against_its_documented_schema(
     app = create_embedded_app(service)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 10
     tally = Tally()
 
     def prepare(case: Any, data: Any) -> dict[str, str]:
@@ -346,7 +346,7 @@ def test_the_served_openapi_document_is_valid(client: Any) -> None:
         for method, body in item.items()
         if method != "parameters"
     }
-    assert len(operations) == 9
+    assert len(operations) == 10
     for (path, method), body in operations.items():
         assert "401" in body["responses"], (path, method)
         assert body["responses"]["401"]["content"]["application/json"]

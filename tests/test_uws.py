@@ -25,7 +25,7 @@ from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, Phase
 from ocps_jobs.service import JobService
 from tests.conftest import REPO_ROOT
-from tests.helpers import wait_until
+from tests.helpers import git, make_pipeline_repo, wait_until
 
 # The reference documents sit beside the repository (../shared/reference); another place
 # can be named with OCPS_REFERENCE_DIR (read at import, before settings are isolated).
@@ -248,6 +248,23 @@ def test_an_error_job_has_an_error_summary_and_stays_valid_xml(client: FlaskClie
     assert "\x1b[31mfailed" in error.get_data(as_text=True)
 
 
+def test_job_info_tells_what_exactly_ran_and_stays_valid_xml(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    repo = make_pipeline_repo(tmp_path)
+    job_id = create(client, command="true", url=str(repo), commit_ref="v1", PHASE="RUN")
+    parsed = finish(client, job_id)  # schema-valid and read by pyvo in pedantic mode
+    assert parsed.phase == "COMPLETED"
+    document = etree.fromstring(client.get(f"/uws/async/{job_id}").data)
+    info = document.find(UWS + "jobInfo")
+    assert info is not None and document[-1] is info  # JobSummary's last element
+    assert info.findtext(UWS + "commitSha") == git(repo, "rev-parse", "v1^{commit}")
+    # A job without a clone: no jobInfo at all.
+    plain = create(client, command="true", PHASE="RUN")
+    finish(client, plain)
+    assert etree.fromstring(client.get(f"/uws/async/{plain}").data).find(UWS + "jobInfo") is None
+
+
 def test_text_sub_resources(client: FlaskClient) -> None:
     job_id = create(client, command="true")
     texts = {
@@ -285,8 +302,10 @@ def test_phase_run_at_creation_or_on_phase_queues_before_the_303(
 
 
 def test_abort_ends_aborted_with_end_time_and_results(client: FlaskClient) -> None:
-    job_id = create(client, command="echo partial > $JOB_OUTPUT_DIR/p.txt; sleep 60", PHASE="RUN")
-    wait_until(lambda: client.get(f"/uws/async/{job_id}/phase").data == b"EXECUTING")
+    command = "echo partial > $JOB_OUTPUT_DIR/p.txt; echo written; sleep 60"
+    job_id = create(client, command=command, PHASE="RUN")
+    # Aborted once the partial output is written (its log says so), not merely executing.
+    wait_until(lambda: b"written" in client.get(f"/api/v1/job/{job_id}/log").data)
     response = client.post(f"/uws/async/{job_id}/phase", data={"phase": "ABORT"})
     assert response.status_code == 303
     assert response.headers["Location"].endswith(f"/uws/async/{job_id}")

@@ -91,12 +91,13 @@ def test_pyvo_runs_a_job_end_to_end(server: ServeProcess) -> None:
 
 
 def test_pyvo_aborts_a_running_job(server: ServeProcess) -> None:
-    job = AsyncTAPJob(
-        submit(server, command="echo started > $JOB_OUTPUT_DIR/started.txt; sleep 100")
-    )
+    command = "echo started > $JOB_OUTPUT_DIR/started.txt; echo written; sleep 100"
+    job = AsyncTAPJob(submit(server, command=command))
     job.run()
     # Not wait(phases={"EXECUTING"}): its WAIT=-1 rightly blocks while the job executes.
-    wait_until(lambda: job.phase == "EXECUTING")
+    # Aborted once its partial output is written (its log says so), not merely executing.
+    log_url = f"{server.url}/api/v1/job/{job.job_id}/log"
+    wait_until(lambda: "written" in requests.get(log_url, timeout=10).text)
     started = time.monotonic()
     job.abort()
     assert job.phase == "ABORTED"

@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import sys
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocps-jobs", description="OCPS job manager: server and client."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run all three functions in one process")
@@ -114,7 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     submit = client_command("submit", "create a job")
     for parameter in JOB_PARAMETERS:
         _add_parameter(submit, parameter)
-    submit.add_argument("--wait", action="store_true", help="wait until it finishes")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until it finishes, telling each phase change on stderr",
+    )
 
     listing = client_command("list", "list jobs (all, oldest first; a page with --limit)")
     listing.add_argument("--phase")
@@ -131,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_positive_seconds)
     wait.add_argument("--poll", type=_positive_seconds, default=0.5)
 
+    logs = client_command("logs", "show a job's log (its replicas' lines marked [index])")
+    logs.add_argument("job_id")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="keep showing new lines until the job ends"
+    )
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines (per replica)")
+
     results = client_command("results", "list a job's result files")
     results.add_argument("job_id")
 
@@ -141,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     abort = client_command("abort", "stop and remove a job")
     abort.add_argument("job_id")
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("ocps-jobs")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -301,6 +322,57 @@ def _results_table(results: list[dict[str, Any]]) -> Any:
     return table
 
 
+def _parse_seed_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _duration(job: dict[str, Any]) -> str:
+    """How long the job ran: start to end, or to now while it runs."""
+    start = _parse_seed_time(job.get("startTime"))
+    if start is None:
+        return ""
+    end = _parse_seed_time(job.get("endTime")) or datetime.now(start.tzinfo)
+    seconds = max(int((end - start).total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d} ({seconds} s)"
+
+
+def _status_text(job: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """Everything a person triaging one job asks for, none of it cut short."""
+    parameters = job.get("parameters") or {}
+    info = job.get("jobInfo") or {}
+    command = parameters.get("command") or []
+    rows = [
+        ("job id", job["jobId"]),
+        ("run id", job["runId"]),
+        ("owner", job["ownerId"]),
+        ("phase", job["phase"]),
+        ("created", job["creationTime"]),
+        ("started", job["startTime"]),
+        ("ended", job["endTime"]),
+        ("duration", _duration(job)),
+        ("time limit", f"{job['executionDuration']} s" if job["executionDuration"] else ""),
+        ("destruction", job["destruction"]),
+        ("command", command[-1] if command else ""),
+        ("git url", parameters.get("url")),
+        ("commit ref", parameters.get("commit_ref")),
+        ("commit", info.get("commitSha")),
+        ("image", info.get("imageDigest")),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows if value]
+    message = (job.get("errorSummary") or {}).get("message") or ""
+    if message:
+        lines.append("error:")
+        lines.extend(f"  {line}" for line in message.splitlines())
+    if results:
+        lines.append(f"results ({len(results)}):")
+        for item in results:
+            relative = decode_result_id(item["id"]).relative_path
+            lines.append(f"  {item['size']:>12}  {relative}  {item['id']}")
+    return "\n".join(lines)
+
+
 def _advance(progress: Any, task: Any, done: int, total: int) -> None:
     progress.update(task, completed=done, total=total or None)
 
@@ -310,19 +382,25 @@ def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
 
     if len(args.target) == 32 and all(c in "0123456789abcdef" for c in args.target):
         items = client.results(args.target)
-        targets = [(item["id"], args.output / args.target) for item in items]
+        targets = [(item["id"], args.output / args.target, item) for item in items]
     else:
-        targets = [(args.target, args.output)]
+        job_id = decode_result_id(args.target).job_id
+        listed = {item["id"]: item for item in client.results(job_id)}
+        # The service finds a result by any spelling of its ID; the listing has one.
+        wanted = decode_result_id(args.target).key
+        same = [item for item in listed.values() if decode_result_id(item["id"]).key == wanted]
+        targets = [(args.target, args.output, same[0] if same else {})]
     written = []
     columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, disable=args.json or not sys.stderr.isatty()) as progress:
-        for result_id, folder in targets:
+        for result_id, folder, item in targets:
             relative = decode_result_id(result_id).relative_path
             task = progress.add_task(relative, total=None)
             path = client.download(
                 result_id,
                 folder / relative,
                 on_progress=functools.partial(_advance, progress, task),
+                sha256=item.get("sha256") or "",
             )
             written.append(str(path))
     return written
@@ -348,13 +426,19 @@ def _submission(
     return command, environment, parameters
 
 
+def _tell_phase(phase: str) -> None:
+    """One line on stderr per phase change of a job being waited on."""
+    print(f"{datetime.now().astimezone():%H:%M:%S} {phase}", file=sys.stderr, flush=True)
+
+
 def _run_client(args: argparse.Namespace) -> int:
     with OCPSClient(args.url, token=args.token) as client:
         if args.command == "submit":
             command, environment, parameters = _submission(args)
             job = client.submit(command, environment=environment, **parameters)
             if args.wait:
-                job = client.wait(job["jobId"])
+                print(f"submitted job {job['jobId']}", file=sys.stderr, flush=True)
+                job = client.wait(job["jobId"], on_phase=_tell_phase)
             _emit(args, job, _jobs_table([job]))
             return EXIT_OK if not args.wait or job["phase"] == "completed" else EXIT_JOB_FAILED
         if args.command == "list":
@@ -369,7 +453,13 @@ def _run_client(args: argparse.Namespace) -> int:
             _emit(args, jobs, _jobs_table(jobs))
         elif args.command == "status":
             job = client.get(args.job_id)
-            _emit(args, job, _jobs_table([job]))
+            if args.json:
+                _emit(args, job)
+            else:
+                print(_status_text(job, client.results(args.job_id)))
+        elif args.command == "logs":
+            for line in client.logs(args.job_id, tail=args.tail, follow=args.follow):
+                print(line, flush=args.follow)
         elif args.command == "wait":
             job = client.wait(args.job_id, poll_seconds=args.poll, timeout=args.timeout)
             _emit(args, job, _jobs_table([job]))

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
 import httpx
 
-from .models import JOB_PARAMETERS, ParameterKind
+from .models import (
+    JOB_PARAMETERS,
+    LOG_REPLICAS_HEADER,
+    LOG_SKIPPED_HEADER,
+    LogQuery,
+    ParameterKind,
+)
 
 __all__ = [
     "FINISHED_PHASES",
+    "ChecksumMismatchError",
     "ClientError",
     "InvalidArgumentError",
     "OCPSClient",
@@ -47,6 +56,20 @@ class InvalidArgumentError(ClientError):
 
 class WaitTimeoutError(ClientError):
     """The job had not finished when the wait's time ran out."""
+
+
+class ChecksumMismatchError(ClientError):
+    """A downloaded file's SHA-256 is not the manifest's: the file is kept aside, not used."""
+
+    def __init__(self, message: str, kept: Path) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
+_REPLICA_MARK = re.compile(r"^\[(\d+)\] ")
+# A follow that the service ended before the job did is resumed after this pause.
+RECONNECT_SECONDS = 0.5
+DOWNLOAD_CHUNK = 1024 * 1024
 
 
 def _segment(value: str) -> str:
@@ -197,39 +220,158 @@ class OCPSClient:
                 raise WaitTimeoutError(f"Job {job_id} still {phase} after {timeout} s")
             time.sleep(poll_seconds)
 
+    def logs(
+        self,
+        job_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+    ) -> Iterator[str]:
+        """The job's log line by line; ``follow`` until the job ends, reconnecting as needed.
+
+        The service ends a follow after its WAIT cap (a function's request timeout must not
+        cut it); the next request asks for the lines after those already had, per replica.
+        """
+        had: dict[int, int] = {}
+        query = LogQuery(tail=tail, follow=follow)
+        while True:
+            cut = False
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/job/{_segment(job_id)}/log",
+                    params=query.query_parameters(),
+                    timeout=httpx.Timeout(self.http.timeout.connect, read=None),
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        _raise_for(response)
+                    marked = LOG_REPLICAS_HEADER in response.headers
+                    skipped = response.headers.get(LOG_SKIPPED_HEADER, "")
+                    for index, count in enumerate(skipped.split(",") if skipped else []):
+                        had[index] = max(had.get(index, 0), int(count))
+                    for line in _lines(response.iter_bytes()):
+                        mark = _REPLICA_MARK.match(line) if marked else None
+                        stream = int(mark[1]) if mark else 0
+                        had[stream] = had.get(stream, 0) + 1
+                        yield line
+            except httpx.TransportError as error:  # cut on the way: resume where it was
+                if not follow:
+                    raise ClientError(f"Reading the log failed: {error}") from error
+                cut = True
+            if not follow:
+                return
+            if not cut and self.phase(job_id) in FINISHED_PHASES:
+                # The service ends a follow when the job ends, after its last lines.
+                return
+            time.sleep(reconnect_seconds)
+            skip = tuple(had.get(index, 0) for index in range(max(had, default=-1) + 1))
+            query = LogQuery(follow=True, skip=skip)
+
     def download(
         self,
         result_id: str,
         destination: Path,
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        sha256: str = "",
     ) -> Path:
-        """Stream one result to ``destination``; ``on_progress(done, total)`` per chunk."""
+        """Stream one result to ``destination``; ``on_progress(done, total)`` per chunk.
+
+        A ``.part`` file left by an interrupted download is resumed with a Range request.
+        With ``sha256`` (the manifest's), a file that does not match is an error
+        (``ChecksumMismatchError``) and is kept aside as ``<name>.mismatch``.
+        """
         partial = destination.with_name(destination.name + ".part")
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with self.http.stream("GET", f"/job/result/{_segment(result_id)}") as response:
-                if response.is_error:
+            have = partial.stat().st_size if partial.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            # A service may redirect to a presigned object-store URL: the Range goes along.
+            with self.http.stream(
+                "GET",
+                f"/job/result/{_segment(result_id)}",
+                headers=headers,
+                follow_redirects=True,
+            ) as response:
+                if response.status_code == 416 and have:  # the part is the whole file already
+                    response.read()
+                elif response.is_error:
                     response.read()
                     _raise_for(response)
-                total = int(response.headers.get("Content-Length", 0))
-                done = 0
-                with open(partial, "wb") as out:
-                    for chunk in response.iter_bytes(1024 * 1024):
-                        out.write(chunk)
-                        done += len(chunk)
-                        if on_progress is not None:
-                            on_progress(done, total)
-                if total and done != total:
-                    raise ClientError(f"Download of {destination.name} ended after {done} bytes")
+                else:
+                    self._receive(response, partial, have, destination.name, on_progress)
+            if sha256:
+                _verify(partial, destination, sha256)
             partial.replace(destination)
         except httpx.HTTPError as error:
-            partial.unlink(missing_ok=True)
-            raise ClientError(f"Download failed: {error}") from error
+            raise ClientError(
+                f"Download failed: {error} (run it again to resume from {partial})"
+            ) from error
         except OSError as error:  # the destination: a folder, not writable, a file in the way
             partial.unlink(missing_ok=True)
             raise ClientError(f"Cannot write {destination}: {error.strerror or error}") from error
         return destination
+
+    @staticmethod
+    def _receive(
+        response: httpx.Response,
+        partial: Path,
+        have: int,
+        name: str,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Write a 200 (from the start) or a 206 (after ``have`` bytes) to the part file."""
+        resumed = response.status_code == 206
+        done = have if resumed else 0
+        length = int(response.headers.get("Content-Length", 0))
+        total = done + length if length else 0
+        with open(partial, "ab" if resumed else "wb") as out:
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(done, total)
+        if total and done != total:
+            raise ClientError(
+                f"Download of {name} ended after {done} of {total} bytes "
+                f"(run it again to resume from {partial})"
+            )
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    r"""The text lines of a log answer, split at newlines only (a ``\\r`` stays in its line)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def _verify(partial: Path, destination: Path, sha256: str) -> None:
+    """ChecksumMismatchError, the file moved aside, unless ``partial`` has that SHA-256."""
+    digest = _sha256_of(partial)
+    if digest == sha256.lower():
+        return
+    kept = destination.with_name(destination.name + ".mismatch")
+    partial.replace(kept)
+    raise ChecksumMismatchError(
+        f"{destination.name}: SHA-256 {digest} is not the manifest's {sha256}; "
+        f"the file is kept as {kept}",
+        kept,
+    )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(DOWNLOAD_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _raise_for(response: httpx.Response) -> None:

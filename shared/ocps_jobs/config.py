@@ -234,6 +234,12 @@ class Settings(BaseModel):
     # Request limits (documented in the README).
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
+    # Result downloads answered with a redirect (307) to a presigned object-store URL valid
+    # this long, off by default: only for deployments whose clients reach the store itself.
+    # Owner isolation and the manifest check still come first.
+    presigned_downloads: bool = False
+    presigned_url_seconds: int = Field(default=300, ge=1, le=3600)
+
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
 

@@ -25,6 +25,8 @@ __all__ = [
     "ACTIVE_PHASES",
     "FINAL_PHASES",
     "JOB_PARAMETERS",
+    "LOG_REPLICAS_HEADER",
+    "LOG_SKIPPED_HEADER",
     "Caller",
     "DeleteResponse",
     "EnvironmentVariable",
@@ -34,6 +36,7 @@ __all__ = [
     "JobParameters",
     "JobRecord",
     "JobRequest",
+    "LogQuery",
     "ParameterKind",
     "Phase",
     "ResultFile",
@@ -345,11 +348,15 @@ class ResultFile(BaseModel):
     key: str
     size: int
     content_type: str = "application/octet-stream"
+    sha256: str = ""  # hex, as the manifest lists it; empty when unknown
 
     @classmethod
     def listed(cls, files: Iterable[Any]) -> list[ResultFile]:
         """The results for the files a manifest lists (``uploader.manifest.ManifestFile``)."""
-        return [cls(key=item.key, size=item.size, content_type=item.content_type) for item in files]
+        return [
+            cls(key=item.key, size=item.size, content_type=item.content_type, sha256=item.sha256)
+            for item in files
+        ]
 
 
 class JobRecord(BaseModel):
@@ -370,6 +377,9 @@ class JobRecord(BaseModel):
     # While queued: why its pods do not start (unschedulable, image pull, missing Secret).
     waiting_reason: str = ""
     results: list[ResultFile] | None = None
+    # What exactly ran: the commit the clone checked out, the job container's image digest.
+    commit_sha: str = ""
+    image_digest: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -392,6 +402,7 @@ class ResultListing(ResultReference):
 
     size: int
     mimeType: str
+    sha256: str = Field(description="SHA-256 of the file, hex, as its upload manifest lists it.")
 
 
 class SeedParameters(BaseModel):
@@ -427,6 +438,38 @@ class JobDocument(BaseModel):
     results: list[ResultReference]
     errorSummary: ErrorSummary
     jobInfo: dict[str, Any]
+
+
+# A log answer carries this header when each line starts with its replica's index: ``[1] ``.
+LOG_REPLICAS_HEADER = "X-OCPS-Log-Replicas"
+# How many lines of each replica the answer starts after (``skip``, or where ``tail`` began).
+LOG_SKIPPED_HEADER = "X-OCPS-Log-Skipped"
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """What part of a job's log to send (``GET /api/v1/job/{jobId}/log``).
+
+    ``skip`` holds, per replica index, how many lines the caller already has (a follow that
+    reconnects); ``tail`` keeps the last N lines of each replica; ``follow`` keeps sending
+    new lines until the job ends or ``wait_max_seconds`` pass (then the answer ends cleanly
+    and the caller reconnects with ``skip``).
+    """
+
+    tail: int | None = None
+    follow: bool = False
+    skip: tuple[int, ...] = ()
+
+    def query_parameters(self) -> dict[str, str]:
+        """The query string that asks for this part (the server parses it back)."""
+        parameters = {}
+        if self.tail is not None:
+            parameters["tail"] = str(self.tail)
+        if self.follow:
+            parameters["follow"] = "true"
+        if any(self.skip):
+            parameters["skip"] = ",".join(str(count) for count in self.skip)
+        return parameters
 
 
 class DeleteResponse(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,8 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 from .backends import JobBackend, JobUpdate
 from .backends.base import JobHistory, Unset
+from .backends.logs import LogLine, split_lines
 from .config import Settings
-from .conventions import MAX_PAGE_SIZE, is_job_id, manifest_key
+from .conventions import (
+    LOG_RESULT_NAME,
+    MAX_PAGE_SIZE,
+    is_job_id,
+    manifest_key,
+    replica_log_name,
+)
 from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
 from .models import (
     FINAL_PHASES,
@@ -20,6 +28,7 @@ from .models import (
     JobParameters,
     JobRecord,
     JobRequest,
+    LogQuery,
     Phase,
     ResultFile,
     utcnow,
@@ -40,7 +49,7 @@ from .transitions import (
 )
 from .uploader.manifest import read_manifest_files
 
-__all__ = ["JobPage", "JobService", "ListQuery"]
+__all__ = ["JobLog", "JobPage", "JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,16 @@ class JobPage:
 
     records: list[JobRecord]
     next_cursor: str | None
+
+
+@dataclass
+class JobLog:
+    """A job's log as text lines; with several replicas each line starts ``[index] ``."""
+
+    lines: Iterator[str]
+    marked: bool
+    replicas: int
+    skipped: tuple[int, ...]  # per replica index, the lines before the first one sent
 
 
 class JobService:
@@ -304,6 +323,75 @@ class JobService:
         if seconds > 0:
             self.backend.wait_for_change(job_id, record.phase, seconds)
         return self.get_job(job_id, caller)
+
+    # --- logs ----------------------------------------------------------------------------
+
+    def job_log(self, job_id: str, caller: Caller, query: LogQuery | None = None) -> JobLog:
+        """The job's log, live from the backend while it runs, from the stored log after."""
+        query = query or LogQuery()
+        record = self.get_job(job_id, caller)
+        replicas = record.parameters.replicas
+        marked = replicas > 1 and self.backend.per_replica_logs
+        skip = dict(enumerate(query.skip))
+        if query.tail is not None:
+            counts: dict[int, int] = {}
+            for line in self._log_lines(record, None):
+                counts[line.stream] = counts.get(line.stream, 0) + 1
+            for stream, count in counts.items():
+                skip[stream] = max(skip.get(stream, 0), count - query.tail)
+        skipped = tuple(skip.get(index, 0) for index in range(max(skip, default=-1) + 1))
+        return JobLog(
+            lines=self._job_log_text(record, dict(skip), query.follow, marked),
+            marked=marked,
+            replicas=replicas,
+            skipped=skipped,
+        )
+
+    def _job_log_text(
+        self, record: JobRecord, skip: dict[int, int], follow: bool, marked: bool
+    ) -> Iterator[str]:
+        """The lines after ``skip``; a follow ends when the job does or its time is up."""
+        seen: dict[int, int] = {}
+
+        def fresh(lines: Iterator[LogLine]) -> Iterator[str]:
+            for line in lines:
+                count = seen[line.stream] = seen.get(line.stream, 0) + 1
+                if count > skip.get(line.stream, 0):
+                    yield f"[{line.stream}] {line.text}" if marked else line.text
+
+        until = time.monotonic() + self.settings.wait_max_seconds if follow else None
+        yield from fresh(self._log_lines(record, until))
+        if not follow:
+            return
+        current = self.backend.get(record.job_id)
+        if current is None or not current.is_final or record.is_final:
+            return
+        # The job ended while followed: what its live log did not show yet, from where it is.
+        skip = {stream: max(skip.get(stream, 0), count) for stream, count in seen.items()}
+        seen.clear()
+        yield from fresh(self._log_lines(current, None))
+
+    def _log_lines(self, record: JobRecord, until: float | None) -> Iterator[LogLine]:
+        live = self.backend.read_log(record, until)
+        return live if live is not None else self._stored_log(record)
+
+    def _stored_log(self, record: JobRecord) -> Iterator[LogLine]:
+        """The log the job's uploads kept as result files (one per replica on Kubernetes)."""
+        names = {LOG_RESULT_NAME: 0}
+        names.update(
+            {replica_log_name(index): index for index in range(record.parameters.replicas)}
+        )
+        for result in self.results_of(record):
+            stream = names.get(posixpath.basename(result.key))
+            if stream is None:
+                continue
+            opened = self.store.open(result.key)
+            if opened is None:
+                continue
+            try:
+                yield from split_lines(opened.chunks, stream)
+            finally:
+                opened.close()
 
     # --- results -------------------------------------------------------------------------
 

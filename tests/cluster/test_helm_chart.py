@@ -292,10 +292,14 @@ def test_deployment_topology_objects_fit_together() -> None:
     (port,) = service["spec"]["ports"]
     assert ports[port["targetPort"]] == 8080
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    # RBAC: the one server account has create_job's rules (it serves every route).
+    # RBAC: the one server account has create_job's rules and query_job's pod logs (it
+    # serves every route).
     account = pod["spec"]["serviceAccountName"]
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == account)
-    assert role_rules(role) == EXPECTED_RULES["create_job"]
+    assert role_rules(role) == {
+        **EXPECTED_RULES["create_job"],
+        ("", "pods/log"): EXPECTED_RULES["query_job"][("", "pods/log")],
+    }
     binding = one(docs, "rbac.authorization.k8s.io/v1", "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ocps"}]
     runner = next(d for d in docs if d["metadata"]["name"] == JOB_RUNNER)

@@ -57,6 +57,7 @@ EXPECTED_RULES: dict[str, dict[tuple[str, str], set[str]]] = {
     "query_job": {
         ("batch", "jobs"): {"get", "list", "watch"},
         ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},  # GET /api/v1/job/{jobId}/log
     },
     "results": {
         ("batch", "jobs"): {"get", "list", "watch"},

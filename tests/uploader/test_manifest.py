@@ -74,7 +74,9 @@ def test_results_are_read_through_the_manifest_module() -> None:
     job_id = uuid.uuid4().hex
     data = encode_manifest(build_manifest(job_id, [entry(job_id, "a.txt", 5)]))
     assert ResultFile.listed(read_manifest_files(data)) == [
-        ResultFile(key=output_key(job_id, "a.txt"), size=5, content_type="text/plain")
+        ResultFile(
+            key=output_key(job_id, "a.txt"), size=5, content_type="text/plain", sha256="ab" * 32
+        )
     ]
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from ocps_jobs.backends.kubernetes.spec import GIT_CLONE_SCRIPT
+from ocps_jobs.uploader.contract import COMMIT_FILE_NAME
 from ocps_jobs.uploader.manifest import ManifestFile, build_manifest
 from ocps_jobs.uploader.record import final_record
-from tests.helpers import make_pipeline_repo
+from tests.helpers import git, make_pipeline_repo
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,9 @@ def test_final_record(exit_code: int | None, tail: str, phase: str, message: str
     manifest = build_manifest("x", files, exitCode=exit_code)
     record = final_record({"job_id": "x", "phase": "executing"}, manifest, exit_code, tail)
     assert (record["phase"], record["error_message"]) == (phase, message)
-    assert record["results"] == [{"key": "jobs/x/out/a", "size": 1, "content_type": "text/plain"}]
+    assert record["results"] == [
+        {"key": "jobs/x/out/a", "size": 1, "content_type": "text/plain", "sha256": "-"}
+    ]
 
 
 def test_final_record_of_a_failed_clone_is_error_with_gits_message_and_a_start() -> None:
@@ -89,3 +92,32 @@ def test_the_clone_script_leaves_no_failure_when_it_succeeds(tmp_path: Path) -> 
     assert code == 0
     assert (work / "src" / "VERSION").read_text() == "2\n"
     assert not (work / "failure").exists()
+
+
+def test_the_clone_script_tells_the_commit_it_checked_out(tmp_path: Path) -> None:
+    repo = make_pipeline_repo(tmp_path)
+    code, work, termination_log = run_clone_script(tmp_path, str(repo), "release")
+    assert code == 0
+    sha = git(repo, "rev-parse", "release")
+    # For the uploader's record, and as the termination message for the live one.
+    assert (work / COMMIT_FILE_NAME).read_text().strip() == sha
+    assert termination_log.read_text().strip() == sha
+    assert git(repo, "rev-parse", "main") != sha
+
+
+def test_the_archived_record_keeps_the_commit_and_the_checksums() -> None:
+    manifest = {
+        "version": 1,
+        "files": [
+            {
+                "path": "a.txt",
+                "key": "jobs/x/out/a.txt",
+                "size": 2,
+                "sha256": "ab" * 32,
+                "contentType": "text/plain",
+            }
+        ],
+    }
+    record = final_record({"job_id": "x"}, manifest, 0, "", commit_sha="c" * 40 + "\n")
+    assert record["commit_sha"] == "c" * 40
+    assert record["results"][0]["sha256"] == "ab" * 32

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ..models import JobRecord, Phase
+from .logs import LogLine
 
 __all__ = ["UNSET", "JobBackend", "JobHistory", "JobUpdate", "Unset"]
 
@@ -33,6 +34,9 @@ class JobUpdate:
 class JobBackend(Protocol):
     """Runs jobs and keeps their records."""
 
+    # Whether each replica has a log of its own (its lines are then marked with its index).
+    per_replica_logs: bool
+
     def create(self, record: JobRecord, *, start: bool) -> JobRecord:
         """Store a new job; queue it at once when ``start``."""
 
@@ -53,6 +57,13 @@ class JobBackend(Protocol):
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
         """Change execution duration or destruction time."""
+
+    def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
+        """The job's live log from its start, every replica; None once only the stored one is left.
+
+        With ``until`` (a monotonic time) the lines keep coming as they are written, until
+        the job ends or that time passes; without it, the log as it is now.
+        """
 
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         """Block until the job leaves ``phase``, is removed, or ``timeout`` passes."""

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..observability import metrics
 from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
+from .logs import LogLine, follow_file
 from .records import InMemoryRecords, queue_pending
 
 __all__ = ["LocalBackend"]
@@ -91,6 +93,8 @@ def _own_data_dir(data_dir: Path) -> int:
 
 class LocalBackend(InMemoryRecords):
     """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
+
+    per_replica_logs = False  # the replicas of a job write one log file together
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
@@ -247,6 +251,17 @@ class LocalBackend(InMemoryRecords):
             self._save(record)
             return record.model_copy(deep=True)
 
+    def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
+        """The log file the job's processes write (replicas share it); None once it ended."""
+        if record.is_final:
+            return None
+
+        def finished() -> bool:
+            current = self.get(record.job_id)
+            return current is None or current.is_final
+
+        return follow_file(self.work_dir / record.job_id / LOG_RESULT_NAME, finished, until)
+
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         """Sleep on a condition variable until the phase changes: no polling."""
         with self._changed:
@@ -358,6 +373,8 @@ class LocalBackend(InMemoryRecords):
             message = None
             if record.parameters.url:
                 message = self._clone(record, run, environment, log_file)
+                if message is None:
+                    self._keep_commit(job_id)
             if message is None and run.abort_reason is None:
                 message = self._run_command(record, run, environment, root, log_file)
         if run.timer:
@@ -450,6 +467,27 @@ class LocalBackend(InMemoryRecords):
                 detail = "\n".join(tail).strip() or f"git exited with code {code}"
                 return f"git {action} {what} failed: {detail}"
         return None
+
+    def _keep_commit(self, job_id: str) -> None:
+        """The commit the clone checked out, in the record (what exactly ran)."""
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(self.source_dir(job_id)), "rev-parse", "--verify", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log.warning("no commit SHA for job %s: %s", job_id, error)
+            return
+        if done.returncode != 0:
+            return
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                record.commit_sha = done.stdout.strip()
+                self._save(record)
 
     def _run_command(
         self,

@@ -19,6 +19,7 @@ from ..observability.routes import operations_routes
 from ..service import JobService
 from .auth import Authenticator
 from .json_api import CREATE_JOB_ROUTES, QUERY_JOB_ROUTES, RESULTS_ROUTES
+from .logs import LOG_ROUTES
 from .render import render_error
 from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
@@ -38,6 +39,7 @@ FUNCTION_ROUTES: dict[str, list[Route]] = {
     ],
     "query_job": [
         *QUERY_JOB_ROUTES,
+        *LOG_ROUTES,
         *UWS_QUERY_JOB_ROUTES,
         *operations_routes(phase_gauges=True),
         *WEB_QUERY_JOB_ROUTES,
@@ -150,6 +152,7 @@ def create_embedded_app(service: JobService) -> Flask:
             *RESULTS_ROUTES,
             *CREATE_JOB_ROUTES,
             *QUERY_JOB_ROUTES,
+            *LOG_ROUTES,
             *UWS_RESULTS_ROUTES,
             *UWS_CREATE_JOB_ROUTES,
             *UWS_QUERY_JOB_ROUTES,

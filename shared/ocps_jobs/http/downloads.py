@@ -28,8 +28,34 @@ def content_disposition(filename: str, content_type: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def _presigned_redirect(service: JobService, result: ResultFile) -> Response | None:
+    settings = service.settings
+    if not settings.presigned_downloads:
+        return None
+    url = service.store.presign(
+        result.key,
+        settings.presigned_url_seconds,
+        content_type=result.content_type,
+        disposition=content_disposition(posixpath.basename(result.key), result.content_type),
+    )
+    if url is None:
+        return None
+    # 307: the client repeats the same GET (its Range too) at the store.
+    response = Response(status=307)
+    response.headers["Location"] = url
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
 def download_response(service: JobService, result: ResultFile, request: Request) -> Response:
-    """200 with the whole file or 206 with one range; the body streams in bounded chunks."""
+    """200 with the whole file or 206 with one range; the body streams in bounded chunks.
+
+    With ``presigned_downloads``, a 307 to a short-lived presigned URL of the object
+    instead, when the store has one: the file then does not pass through the function.
+    """
+    redirect = _presigned_redirect(service, result)
+    if redirect is not None:
+        return redirect
     size = result.size
     start, end, status = 0, None, 200
     requested = request.range if size > 0 else None

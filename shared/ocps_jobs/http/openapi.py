@@ -183,6 +183,41 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
+        "/api/v1/job/{jobId}/log": {
+            "parameters": [
+                _JOB_ID,
+                {
+                    "name": "tail",
+                    "in": "query",
+                    "description": "Only the last N lines (of each replica)",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "description": "Keep sending new lines until the job ends (at most "
+                    "the WAIT cap; then reconnect with skip)",
+                    "schema": {"type": "boolean", "default": False},
+                },
+                {
+                    "name": "skip",
+                    "in": "query",
+                    "description": "Lines already had, per replica index, comma-separated",
+                    "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+                },
+            ],
+            "get": {
+                "operationId": "getJobLog",
+                "responses": {
+                    "200": {
+                        "description": "The log as text; with several replicas each line "
+                        "starts with `[index] `",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 404, 503),
+                },
+            },
+        },
         "/api/v1/job/result/{resultId}": {
             "parameters": [
                 {
@@ -200,6 +235,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The file, streamed"},
                     "206": {"description": "One byte range of the file"},
+                    "307": {"description": "With presigned downloads: the object's URL"},
                     **_errors(404, 416, 503),
                 },
             },

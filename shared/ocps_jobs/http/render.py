@@ -17,7 +17,7 @@ from ..models import JobRecord, ResultFile, format_seed_time
 from ..objectstore import ObjectStore
 from ..resultids import encode_result_id
 
-__all__ = ["job_document", "json_response", "render_error", "result_listing"]
+__all__ = ["job_document", "json_response", "provenance", "render_error", "result_listing"]
 
 JSON_TYPE = "application/json"
 
@@ -55,11 +55,12 @@ def result_reference(result: ResultFile, store: ObjectStore) -> dict[str, Any]:
 
 
 def result_listing(result: ResultFile, store: ObjectStore) -> dict[str, Any]:
-    """A result as ``/results`` lists it: ``{id, uri, size, mimeType}``."""
+    """A result as ``/results`` lists it: ``{id, uri, size, mimeType, sha256}``."""
     return {
         **result_reference(result, store),
         "size": result.size,
         "mimeType": result.content_type,
+        "sha256": result.sha256,
     }
 
 
@@ -89,5 +90,11 @@ def job_document(
         "results": [result_reference(result, store) for result in results],
         # While queued, why its pods cannot start: the seed's fields, no new one for the CSC.
         "errorSummary": {"message": record.error_message or record.waiting_reason},
-        "jobInfo": {},
+        "jobInfo": provenance(record),
     }
+
+
+def provenance(record: JobRecord) -> dict[str, str]:
+    """What exactly ran, as far as it is known: ``{commitSha, imageDigest}``; empty before."""
+    known = {"commitSha": record.commit_sha, "imageDigest": record.image_digest}
+    return {name: value for name, value in known.items() if value}

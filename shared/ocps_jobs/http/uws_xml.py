@@ -13,6 +13,7 @@ from ..conventions import output_prefix
 from ..errors import AuthenticationRequiredError, MethodNotAllowedError, OCPSError
 from ..models import JOB_PARAMETERS, JobRecord, ParameterKind, Phase, ResultFile
 from ..resultids import encode_result_id
+from .render import provenance
 
 __all__ = [
     "ENV_ENTRY",
@@ -185,11 +186,15 @@ def job_document(record: JobRecord, results: list[ResultFile], download_base: st
 
 
 def _job_info(parent: ET.Element, record: JobRecord) -> None:
-    """``<uws:jobInfo>`` with ``<ocps:waitingReason>`` while a queued job's pods cannot start."""
-    if not record.waiting_reason:
+    """``<uws:jobInfo>``: what ran (commit, image) and why a queued job's pods wait."""
+    known = provenance(record)
+    if not known and not record.waiting_reason:
         return
     info = ET.SubElement(parent, _uws("jobInfo"))
-    ET.SubElement(info, f"{{{OCPS_NS}}}waitingReason").text = clean_text(record.waiting_reason)
+    for name, value in known.items():
+        _child(info, name, value)
+    if record.waiting_reason:
+        ET.SubElement(info, f"{{{OCPS_NS}}}waitingReason").text = clean_text(record.waiting_reason)
 
 
 def job_list_document(records: list[JobRecord], job_base: str) -> ET.Element:

@@ -130,3 +130,9 @@ class ObjectStore(Protocol):
 
     def uri(self, key: str) -> str:
         """Where an operator finds the object with their own tools."""
+
+    def presign(self, key: str, seconds: int, *, content_type: str, disposition: str) -> str | None:
+        """A URL that GETs the object without credentials for ``seconds``; None if unsupported.
+
+        The store answers it with ``content_type`` and ``disposition`` as those headers.
+        """

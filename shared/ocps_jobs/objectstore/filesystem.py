@@ -156,3 +156,7 @@ class FilesystemStore:
     def uri(self, key: str) -> str:
         """A ``file://`` URI of the object."""
         return (self.root / key).as_uri()
+
+    def presign(self, key: str, seconds: int, *, content_type: str, disposition: str) -> str | None:
+        """None: a folder has no URL of its own (downloads go through the service)."""
+        return None

@@ -279,3 +279,22 @@ class S3Store:
     def uri(self, key: str) -> str:
         """``s3://bucket/key``."""
         return f"s3://{self.bucket}/{key}"
+
+    def presign(self, key: str, seconds: int, *, content_type: str, disposition: str) -> str | None:
+        """A presigned GET of the object on the store's endpoint, valid for ``seconds``.
+
+        Signed locally (no request): the object's existence is the caller's to check.
+        """
+        url: str = self._call(
+            "presign",
+            self.client.generate_presigned_url,
+            ClientMethod="get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ResponseContentType": content_type,
+                "ResponseContentDisposition": disposition,
+            },
+            ExpiresIn=seconds,
+        )
+        return url

@@ -10,6 +10,7 @@ from typing import TypeVar
 from ..conventions import ENV_JOB_ID, ENV_JOB_OUTPUT_DIR, ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME
 
 __all__ = [
+    "COMMIT_FILE_NAME",
     "DEFAULT_BUCKET",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
@@ -62,6 +63,7 @@ EXIT_CODE_FILE_NAME = "exit-code"  # the command's exit code, written (atomicall
 STDERR_FILE_NAME = "stderr"  # the command's standard error, for the record's error message
 FAILURE_FILE_NAME = "failure"  # why the pod failed before the command (a failed git clone)
 LOG_FILE_NAME = LOG_RESULT_NAME  # stdout and stderr together, kept as a result
+COMMIT_FILE_NAME = "commit"  # the commit the clone checked out (``git rev-parse HEAD``)
 
 # --- defaults --------------------------------------------------------------------------------
 

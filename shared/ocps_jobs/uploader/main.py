@@ -16,7 +16,7 @@ from ..conventions import LOG_RESULT_NAME, archive_key, replica_log_name, replic
 from ..errors import BackendUnavailableError
 from ..objectstore import open_store
 from ..observability.logs import configure_logging
-from .contract import FAILURE_FILE_NAME, STDERR_FILE_NAME, UploaderConfig
+from .contract import COMMIT_FILE_NAME, FAILURE_FILE_NAME, STDERR_FILE_NAME, UploaderConfig
 from .manifest import manifest_exit_code, store_merged_manifest
 from .record import final_record, index_record, seed_record
 from .scan import read_job_file
@@ -95,7 +95,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
         stderr = read_job_file(work / STDERR_FILE_NAME, 64 * 1024) if own_stderr else ""
         tail = "\n".join(stderr.splitlines()[-20:])
         failure = read_job_file(work / FAILURE_FILE_NAME, 4096)
-        record = final_record(seed, manifest, exit_code, tail, failure=failure, started=started)
+        commit = read_job_file(work / COMMIT_FILE_NAME, 256)
+        record = final_record(
+            seed, manifest, exit_code, tail, failure=failure, started=started, commit_sha=commit
+        )
         data = json.dumps(record, indent=1).encode()
         uploader.retry(
             "record upload", lambda: store.put_bytes(archive_key(job_id), data, "application/json")

@@ -26,15 +26,19 @@ def final_record(
     *,
     failure: str = "",
     started: datetime | None = None,
+    commit_sha: str = "",
 ) -> dict[str, Any]:
     """The archived job record (job.json): the creation-time record, completed by the outcome.
 
     A ``failure`` the pod reported before the command (a failed git clone) is ``error``
     with that message; else exit code 0 is ``completed``, another code ``error`` with the
     stderr tail, and no exit code at all (the pod was stopped: an abort or a deadline)
-    ``aborted``. ``started`` fills a start time the seed does not have.
+    ``aborted``. ``started`` fills a start time the seed does not have; ``commit_sha`` is
+    the commit the clone checked out.
     """
     record = dict(seed)
+    if commit_sha.strip():
+        record["commit_sha"] = commit_sha.strip()
     record["end_time"] = datetime.now(UTC).isoformat(timespec="seconds")
     if started is not None and not record.get("start_time"):
         record["start_time"] = started.isoformat(timespec="seconds")
@@ -50,7 +54,12 @@ def final_record(
         detail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
         record["error_message"] = f"Command exited with code {exit_code}{detail}"
     record["results"] = [
-        {"key": item.key, "size": item.size, "content_type": item.content_type}
+        {
+            "key": item.key,
+            "size": item.size,
+            "content_type": item.content_type,
+            "sha256": item.sha256,
+        }
         for item in manifest_files(manifest)
     ]
     return record

@@ -21,9 +21,11 @@ from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
 from ...objectstore import ObjectStore
 from ...objectstore.history import place_of
 from ..base import JobUpdate, Unset
+from ..logs import LogLine
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi, Missing
 from .credentials import new_api_client
+from .logs import PodLogs, newest_pod_per_replica
 from .metadata import owner_label
 from .record import record_from_job
 from .spec import build_environment, build_job, job_json
@@ -51,6 +53,8 @@ def _place(record: JobRecord) -> tuple[datetime, str]:
 
 class KubernetesBackend:
     """Jobs as ``batch/v1`` Jobs with metadata in annotations; outputs via the sidecar."""
+
+    per_replica_logs = True  # each replica is a pod with a log of its own
 
     def __init__(
         self, settings: Settings, store: ObjectStore, api_client: k8s.ApiClient | None = None
@@ -374,6 +378,31 @@ class KubernetesBackend:
             record.destruction = when
         self._patch(job_id, body)
         return record
+
+    def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
+        """The job containers' logs (``pods/log``) while the Job exists; None once it is gone.
+
+        A retried replica's newest pod is the one read. A follow ends when the job ends
+        (its pods' logs then read once more by the caller) or at ``until``.
+        """
+        job_id = record.job_id
+
+        def pods() -> list[dict[str, Any]] | None:
+            view = self._job_and_pods(job_id)
+            return None if view is None else view[1]
+
+        def finished() -> bool:
+            current = self.get(job_id)
+            return current is None or current.is_final
+
+        current = pods()
+        if current is None:
+            return None
+        reader = PodLogs(self.kube, pods, finished)
+        if until is None or record.is_final:
+            chosen = newest_pod_per_replica(current)
+            return reader.snapshot(chosen) if chosen or not record.is_final else None
+        return reader.follow(until)
 
     def wait_for_change(self, job_id: str, phase: Phase, timeout: float) -> None:
         """Sleep until the watch reports a change of the job, then look again.

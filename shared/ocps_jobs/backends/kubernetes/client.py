@@ -25,6 +25,7 @@ __all__ = [
     "WATCH_SECONDS",
     "Kind",
     "KubernetesApi",
+    "LogStream",
     "Missing",
     "WatchStream",
     "api_message",
@@ -73,6 +74,26 @@ class WatchStream:
                     if line.strip():
                         event: dict[str, Any] = orjson.loads(line)
                         yield event
+        finally:
+            self.response.release_conn()
+
+    def close(self) -> None:
+        """End the stream now (another thread may be reading it)."""
+        self.response.shutdown()
+
+
+class LogStream:
+    """One container's log as the apiserver sends it; ``close`` ends it from outside."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes as they come; a followed log until the container ends or ``close``."""
+        try:
+            yield from self.response.stream(amt=None, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            log.info("a pod log stream ended: %s", error)
         finally:
             self.response.release_conn()
 
@@ -194,6 +215,39 @@ class KubernetesApi:
             self.namespace,
             propagation_policy="Background",
         )
+
+    def pod_log(self, name: str, container: str, *, follow: bool) -> LogStream | None:
+        """The container's log (``pods/log``); None while it cannot have one (not started).
+
+        ``Missing`` when the pod is gone. A followed log ends when the container does, or
+        when the caller closes it.
+        """
+        try:
+            response = self.core.read_namespaced_pod_log(
+                name,
+                self.namespace,
+                container=container,
+                follow=follow,
+                _preload_content=False,
+                # A follow lasts at most a WAIT (its caller closes it): no read timeout short
+                # of that may cut a quiet log.
+                _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30)
+                if follow
+                else REQUEST_TIMEOUT,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise Missing from None
+            if error.status == 400:  # "waiting to start", "ContainerCreating"
+                return None
+            log.warning("Kubernetes pod log failed: %s %s", error.status, error.reason)
+            raise BackendUnavailableError(
+                f"Kubernetes unavailable (pod log: {error.status} {error.reason})"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            log.warning("Kubernetes pod log failed: %s", error)
+            raise BackendUnavailableError("Kubernetes unavailable (pod log)") from None
+        return LogStream(response)
 
     def list_pages(self, kind: Kind, selector: str) -> Iterator[dict[str, Any]]:
         """The pages of one list, raw, in order; the last carries the list's resourceVersion."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...conventions import ANNOTATIONS, CONTAINER_JOB
+from ...conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB
 from ...models import (
     FINAL_PHASES,
     EnvironmentVariable,
@@ -18,7 +19,33 @@ from .scripts import from_kubelet_literal
 from .status import job_status, parse_time
 from .views import JobView, PodView
 
-__all__ = ["record_from_job"]
+__all__ = ["provenance_of", "record_from_job"]
+
+# What ``git rev-parse HEAD`` prints: a SHA-1 or SHA-256 object name.
+_COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+# How some runtimes spell an image ID before the ``name@sha256:...`` that identifies it.
+_RUNTIME_PREFIXES = ("docker-pullable://", "docker://")
+
+
+def provenance_of(pods: Sequence[PodView]) -> tuple[str, str]:
+    """What exactly ran: the commit the clone checked out and the job container's image ID.
+
+    The clone's commit is its termination message on success; the image as the runtime
+    resolved it (``repository@sha256:...``). Empty while unknown. The newest pod's, when
+    pods disagree (a retried pod after the image tag moved).
+    """
+    commit = image = ""
+    for pod in sorted(pods, key=lambda pod: pod.creation_timestamp or ""):
+        for status in pod.init_container_statuses:
+            text = (status.message or "").strip()
+            if status.name == CONTAINER_GIT_CLONE and status.exit_code == 0 and _COMMIT.match(text):
+                commit = text
+        job_container = pod.container(CONTAINER_JOB)
+        if job_container is not None and job_container.image_id:
+            image = job_container.image_id
+            for prefix in _RUNTIME_PREFIXES:
+                image = image.removeprefix(prefix)
+    return commit, image
 
 
 def record_from_job(
@@ -31,7 +58,9 @@ def record_from_job(
     if job_id is None:
         raise KeyError("the Job has no job ID label")
     main = next((c for c in view.containers if c.name == CONTAINER_JOB), None)
-    status = job_status(view, [PodView(pod) for pod in pods], manifest_exists=results is not None)
+    pod_views = [PodView(pod) for pod in pods]
+    status = job_status(view, pod_views, manifest_exists=results is not None)
+    commit_sha, image_digest = provenance_of(pod_views)
     destruction = annotations.get(ANNOTATIONS.DESTRUCTION)
     return JobRecord(
         job_id=job_id,
@@ -56,4 +85,6 @@ def record_from_job(
         error_message=status.error_message,
         waiting_reason=status.waiting_reason,
         results=results if status.phase in FINAL_PHASES else None,
+        commit_sha=commit_sha,
+        image_digest=image_digest,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 from ...uploader.contract import (
+    COMMIT_FILE_NAME,
     EXIT_CODE_FILE_NAME,
     FAILURE_FILE_NAME,
     LOG_FILE_NAME,
@@ -38,12 +39,15 @@ exit "$code"
 
 # The clone init container: the URL and ref come from the environment, never the script.
 # A failure's message goes to the termination log (the live job's error summary) and, for
-# the uploader's archived record, to the work folder's failure file.
+# the uploader's archived record, to the work folder's failure file. On success the commit
+# checked out goes to both places instead: the termination message (the live record) and
+# the work folder's commit file (the uploader's record).
 GIT_CLONE_SCRIPT = (
-    f"failure_name={shlex.quote(FAILURE_FILE_NAME)}\n"
+    f"failure_name={shlex.quote(FAILURE_FILE_NAME)} commit_name={shlex.quote(COMMIT_FILE_NAME)}\n"
     + r"""
 set -o pipefail
 failure="${JOB_SOURCE_DIR%/src}/$failure_name"
+commit="${JOB_SOURCE_DIR%/src}/$commit_name"
 failed() {
   { printf 'git clone failed: '; cat /dev/termination-log; } > "$failure"
   exit 1
@@ -54,7 +58,8 @@ if [ -n "$GIT_COMMIT_REF" ]; then
   git -C "$JOB_SOURCE_DIR" checkout --quiet "$GIT_COMMIT_REF" -- 2>&1 \
     | tail -c 3000 > /dev/termination-log || failed
 fi
-: > /dev/termination-log
+git -C "$JOB_SOURCE_DIR" rev-parse --verify --quiet HEAD > "$commit" || : > "$commit"
+cat "$commit" > /dev/termination-log
 """.strip()
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
-from ...conventions import LABEL_JOB_ID
+from ...conventions import COMPLETION_INDEX_ANNOTATION, LABEL_JOB_ID
 
 __all__ = [
     "ConditionView",
@@ -214,6 +214,13 @@ class ContainerStatusView(View):
     name = Field("name", convert=_as_str)
     # Kept whole: a few short fields, cheaper to keep than to trim field by field.
     state = Field("state", convert=_as_dict)
+    # The image as the runtime resolved it (``repo@sha256:...``): what exactly ran.
+    image_id = Field("imageID", convert=_as_str)
+
+    @property
+    def started(self) -> bool:
+        """Whether the container has run (it has a log): running now, or ended."""
+        return bool(self.state.get("running") or self.state.get("terminated"))
 
     @property
     def exit_code(self) -> int | None:
@@ -276,6 +283,10 @@ class PodView(ObjectView):
 
     __slots__ = ()
     phase = Field("status", "phase", convert=_as_str)
+    completion_index = Field(
+        "metadata", "annotations", COMPLETION_INDEX_ANNOTATION, convert=_as_str
+    )
+    creation_timestamp = Field("metadata", "creationTimestamp", convert=_as_str)
     conditions = Items(ConditionView, "status", "conditions")
     init_container_statuses = Items(ContainerStatusView, "status", "initContainerStatuses")
     container_statuses = Items(ContainerStatusView, "status", "containerStatuses")
@@ -283,6 +294,16 @@ class PodView(ObjectView):
     def failing(self, kind: str) -> ConditionView | None:
         """The condition ``kind`` when it is False (``PodScheduled``: not scheduled)."""
         return next((c for c in self.conditions if c.kind == kind and c.status == "False"), None)
+
+    @property
+    def replica_index(self) -> int:
+        """Its completion index in an Indexed Job (a job with replicas); 0 otherwise."""
+        text = self.completion_index or ""
+        return int(text) if text.isascii() and text.isdigit() else 0
+
+    def container(self, name: str) -> ContainerStatusView | None:
+        """The status of its container ``name``, once the kubelet reported one."""
+        return next((c for c in self.container_statuses if c.name == name), None)
 
 
 def trim_job(job: Mapping[str, Any]) -> dict[str, Any]:
