@@ -12,7 +12,6 @@ import fcntl
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from ..errors import BackendUnavailableError, JobNotFoundError
 from ..jobenv import job_environment
 from ..models import JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
+from ..objectstore.trees import make_dirs, remove_tree
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
 from .records import InMemoryRecords, queue_pending
@@ -95,8 +95,8 @@ class LocalBackend(InMemoryRecords):
         self.store = store
         self.state_dir = settings.data_dir / "state" / "jobs"
         self.work_dir = settings.data_dir / "work"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir)
+        make_dirs(self.work_dir)
         self._owner = _own_data_dir(settings.data_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -132,7 +132,11 @@ class LocalBackend(InMemoryRecords):
         self._changed.notify_all()
 
     def _recover(self) -> None:
-        """Load records after a restart: queued jobs queue again, running ones failed."""
+        """Load records after a restart: queued jobs queue again, running ones failed.
+
+        One job's trouble (a tree that cannot be removed, a record that cannot be saved) is
+        logged and does not stop the start.
+        """
         for path in sorted(self.state_dir.glob("*.json")):
             try:
                 record = JobRecord.model_validate_json(path.read_text())
@@ -145,11 +149,21 @@ class LocalBackend(InMemoryRecords):
                 record.phase = Phase.ERROR
                 record.end_time = utcnow()
                 record.error_message = "The job manager restarted while the job was running."
-                with self._lock:
-                    self._save(record)
-                shutil.rmtree(self.work_dir / record.job_id, ignore_errors=True)
+                try:
+                    with self._lock:
+                        self._save(record)
+                except Exception:
+                    log.exception("recording job %s as failed after a restart", record.job_id)
+                self._remove_work(record.job_id)
             elif record.phase is Phase.QUEUED:
                 self._queue.put(record.job_id)
+
+    def _remove_work(self, job_id: str) -> None:
+        """Remove a job's work folder, however deep; a failure is logged, never raised."""
+        try:
+            remove_tree(self.work_dir / job_id)
+        except Exception:
+            log.exception("removing the work folder of job %s failed", job_id)
 
     # --- the backend interface -----------------------------------------------------------
 
@@ -227,7 +241,7 @@ class LocalBackend(InMemoryRecords):
                 self._signal_run(run)
             self._changed.notify_all()
         if run is None:
-            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+            self._remove_work(job_id)
         self.store.delete_prefix(job_prefix(job_id))
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
@@ -313,31 +327,60 @@ class LocalBackend(InMemoryRecords):
         timer.start()
 
     def _work(self) -> None:
+        """A job worker: takes queued jobs one at a time and survives any error of any job."""
         while True:
             job_id = self._queue.get()
             if job_id is None:
                 return
+            try:
+                self._run_queued(job_id)
+            except Exception:  # _run_queued handles its errors; this is the last resort
+                log.exception("job worker: job %s failed outside its error handling", job_id)
+
+    def _run_queued(self, job_id: str) -> None:
+        """Execute one queued job; any error ends the job in ERROR, never the worker."""
+        run: _Run | None = None
+        try:
             with self._lock:
                 record = self._records.get(job_id)
                 if self._closed or record is None or record.phase is not Phase.QUEUED:
-                    continue
+                    return
                 record.phase = Phase.EXECUTING
                 record.start_time = utcnow()
                 run = _Run(job_id)
                 self._runs[job_id] = run
                 self._save(record)
                 snapshot = record.model_copy(deep=True)
-            try:
-                self._execute(snapshot, run)
-            except Exception as error:  # a bug must not kill the worker thread
-                log.exception("job %s failed in the executor", job_id)
-                self._finish(job_id, run, Phase.ERROR, f"Internal error running the job: {error}")
+            self._execute(snapshot, run)
+        except Exception as error:
+            log.exception("job %s failed in the executor", job_id)
+            self._fail(job_id, run, f"Internal error running the job: {error}")
+
+    def _fail(self, job_id: str, run: _Run | None, message: str) -> None:
+        """End a job in ERROR after an internal error, as far as the failing parts allow."""
+        run = run or _Run(job_id)
+        for process in run.processes:
+            _kill_group(process, signal.SIGKILL)
+        try:
+            self._finish(job_id, run, Phase.ERROR, message)
+            return
+        except Exception:
+            log.exception("recording the failure of job %s failed", job_id)
+        with self._lock:  # the record in memory at least ends; the file may say otherwise
+            self._runs.pop(job_id, None)
+            record = self._records.get(job_id)
+            if record is not None and not record.is_final:
+                record.phase = Phase.ERROR
+                record.end_time = utcnow()
+                record.error_message = message
+            self._changed.notify_all()
+        self._remove_work(job_id)
 
     def _execute(self, record: JobRecord, run: _Run) -> None:
         job_id = record.job_id
         root = self.work_dir / job_id
         output_dir = self.output_dir(job_id)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(output_dir)
         log_path = root / LOG_RESULT_NAME
         environment = _base_environment()
         environment.update({entry.name: entry.value for entry in record.environment})
@@ -529,7 +572,7 @@ class LocalBackend(InMemoryRecords):
                 self._save(record)
                 self._archive(record)
             self._changed.notify_all()
-        shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        self._remove_work(job_id)
         if run.deleted:
             self.store.delete_prefix(job_prefix(job_id))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
+from .trees import make_dirs, remove_tree, walk_files
 
 __all__ = ["FilesystemStore"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -33,11 +37,11 @@ class FilesystemStore:
 
     def ensure_ready(self) -> None:
         """Create the root folder."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
 
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
             with os.fdopen(handle, "wb") as out:
@@ -79,12 +83,11 @@ class FilesystemStore:
         if not base.is_dir():
             return []
         found = []
-        for folder, _dirs, files in os.walk(base):
-            for name in files:
-                if name.startswith(".upload-"):
-                    continue
-                path = Path(folder) / name
-                key = path.relative_to(self.root).as_posix()
+        for path in walk_files(base):
+            if path.name.startswith(".upload-"):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            with contextlib.suppress(FileNotFoundError):
                 found.append(ObjectInfo(key, path.stat().st_size, guess_content_type(key)))
         return sorted(found, key=lambda info: info.key)
 
@@ -110,7 +113,10 @@ class FilesystemStore:
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove a folder of objects."""
-        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+        try:
+            remove_tree(self._path(prefix.rstrip("/")))
+        except OSError as error:
+            log.warning("removing objects under %s failed: %s", prefix, error)
 
     def uri(self, key: str) -> str:
         """A ``file://`` URI of the object."""

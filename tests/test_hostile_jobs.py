@@ -1,0 +1,142 @@
+"""Jobs written as an attacker would: deep trees, failures at every step, huge stderr lines."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from ocps_jobs.backends import local
+from ocps_jobs.backends.local import LocalBackend
+from ocps_jobs.composition import build_service, close_services
+from ocps_jobs.config import Settings
+from ocps_jobs.http import create_embedded_app
+from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
+from ocps_jobs.objectstore.filesystem import FilesystemStore
+from ocps_jobs.objectstore.trees import make_dirs, remove_tree, walk_files
+from ocps_jobs.service import JobService
+from ocps_jobs.sidecar import Uploader
+from tests.test_local_backend import finish, submit
+
+DEPTH = 1500
+DEEP_TREE = (
+    'cd "$JOB_OUTPUT_DIR"; for i in $(seq 1 %d); do mkdir a; cd a; done; echo x > f.txt' % DEPTH
+)
+
+
+def deep_path(root: Path, depth: int = DEPTH) -> Path:
+    return root.joinpath(*["a"] * depth)
+
+
+def test_trees_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    leaf = deep_path(tmp_path / "tree")
+    make_dirs(leaf)
+    (leaf / "f.txt").write_text("x")
+    (leaf.parent / "g.txt").write_text("y")
+    assert sorted(path.name for path in walk_files(tmp_path / "tree")) == ["f.txt", "g.txt"]
+    remove_tree(tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
+    remove_tree(tmp_path / "tree")  # gone already: nothing to do
+
+
+def test_remove_tree_removes_a_link_not_its_target(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "kept.txt").write_text("kept")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "link").symlink_to(tmp_path / "target")
+    remove_tree(tmp_path / "tree")
+    assert (tmp_path / "target" / "kept.txt").read_text() == "kept"
+
+
+def test_deep_output_trees_neither_kill_workers_nor_block_delete(
+    settings: Settings, client: FlaskClient
+) -> None:
+    # Two workers: two deep jobs used to kill both, and every later job stayed queued.
+    deep_jobs = [submit(client, command=DEEP_TREE) for _ in range(2)]
+    for job_id in deep_jobs:
+        job = finish(client, job_id, timeout=120)
+        assert job["phase"] == "completed", job["errorSummary"]
+        assert any(item["uri"].endswith("/a/f.txt") for item in job["results"])
+    normal = submit(client, command="echo ok > $JOB_OUTPUT_DIR/ok.txt")
+    assert finish(client, normal)["phase"] == "completed"
+    for job_id in deep_jobs:
+        assert client.delete(f"/api/v1/job/{job_id}").status_code in (200, 204)
+        assert client.get(f"/api/v1/job/{job_id}").status_code == 404
+    objects = settings.data_dir / "objects"
+    assert not [path for path in walk_files(objects) if any(j in str(path) for j in deep_jobs)]
+    assert not any((settings.data_dir / "work" / job_id).exists() for job_id in deep_jobs)
+
+
+def test_recovery_survives_a_deep_tree_left_by_a_crash(
+    settings: Settings, service: JobService
+) -> None:
+    record = service.create_job(JobRequest(command="true"), Caller(), start=False)
+    close_services()
+    state = settings.data_dir / "state" / "jobs" / f"{record.job_id}.json"
+    stored = JobRecord.model_validate_json(state.read_text())
+    stored.phase = Phase.EXECUTING
+    state.write_text(stored.model_dump_json())
+    work = settings.data_dir / "work" / record.job_id
+    make_dirs(deep_path(work / "out"))
+
+    restarted = build_service(settings)
+    recovered = restarted.get_job(record.job_id, Caller())
+    assert recovered.phase is Phase.ERROR
+    assert "restarted" in (recovered.error_message or "")
+    assert not work.exists()
+
+
+def _raise(error: BaseException) -> Callable[..., Any]:
+    def fail(*_args: object, **_kwargs: object) -> Any:
+        raise error
+
+    return fail
+
+
+# Each step of a job, at the project's own boundaries, and how it may fail.
+STEPS: dict[str, tuple[Any, str, BaseException]] = {
+    "record save": (LocalBackend, "_save", OSError(errno.ENOSPC, "No space left on device")),
+    "process start": (LocalBackend, "_spawn", OSError(errno.EAGAIN, "fork failed")),
+    "upload": (Uploader, "finish", RecursionError("maximum recursion depth exceeded")),
+    "store write": (FilesystemStore, "put_file", OSError(errno.EIO, "I/O error")),
+    "archive": (FilesystemStore, "put_bytes", OSError(errno.ENOSPC, "No space left")),
+    "cleanup": (local, "remove_tree", RecursionError("maximum recursion depth exceeded")),
+    "stderr": (local, "_collect_stderr", MemoryError()),
+}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_worker_survives_any_step_raising(
+    step: str, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    owner, name, error = STEPS[step]
+    service = build_service(settings)
+    client = create_embedded_app(service).test_client()
+    armed = threading.Event()
+    armed.set()
+    original = getattr(owner, name)
+
+    def maybe_fail(*args: object, **kwargs: object) -> Any:
+        if armed.is_set() and threading.current_thread().name.startswith("ocps-job-worker"):
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, maybe_fail)
+    # As many failing jobs as there are workers: each worker meets the error once.
+    failing = [
+        service.create_job(JobRequest(command="echo hi >&2"), Caller()).job_id
+        for _ in range(settings.max_concurrent_jobs)
+    ]
+    for job_id in failing:
+        job = finish(client, job_id)
+        assert job["phase"] in ("error", "completed"), job
+    armed.clear()
+    normal = submit(client, command="echo ok > $JOB_OUTPUT_DIR/ok.txt")
+    job = finish(client, normal)
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert any(item["uri"].endswith("/ok.txt") for item in job["results"])
