@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from flask.testing import FlaskClient
 
 from ocps_jobs.backends import local
 from ocps_jobs.backends.local import LocalBackend
+from ocps_jobs.backends.stderr_tail import ERROR_MESSAGE_MAX_BYTES
 from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
 from ocps_jobs.http import create_embedded_app
@@ -25,7 +27,7 @@ from tests.test_local_backend import finish, submit
 
 DEPTH = 1500
 DEEP_TREE = (
-    'cd "$JOB_OUTPUT_DIR"; for i in $(seq 1 %d); do mkdir a; cd a; done; echo x > f.txt' % DEPTH
+    f'cd "$JOB_OUTPUT_DIR"; for i in $(seq 1 {DEPTH}); do mkdir a; cd a; done; echo x > f.txt'
 )
 
 
@@ -106,7 +108,7 @@ STEPS: dict[str, tuple[Any, str, BaseException]] = {
     "store write": (FilesystemStore, "put_file", OSError(errno.EIO, "I/O error")),
     "archive": (FilesystemStore, "put_bytes", OSError(errno.ENOSPC, "No space left")),
     "cleanup": (local, "remove_tree", RecursionError("maximum recursion depth exceeded")),
-    "stderr": (local, "_collect_stderr", MemoryError()),
+    "stderr": (local, "collect_stderr", MemoryError()),
 }
 
 
@@ -140,3 +142,52 @@ def test_a_worker_survives_any_step_raising(
     job = finish(client, normal)
     assert job["phase"] == "completed", job["errorSummary"]
     assert any(item["uri"].endswith("/ok.txt") for item in job["results"])
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+STDERR_LINE_MB = 200
+
+
+def test_one_huge_stderr_line_leaves_a_small_record_and_bounded_memory(
+    settings: Settings, client: FlaskClient
+) -> None:
+    before = _rss_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        job_id = submit(
+            client,
+            command=f'head -c {STDERR_LINE_MB}M /dev/zero | tr "\\0" x >&2; echo "the end" >&2; exit 1',
+        )
+        job = finish(client, job_id, timeout=120)
+    finally:
+        done.set()
+        sampler.join()
+    assert job["phase"] == "error"
+    message = job["errorSummary"]["message"]
+    assert len(message.encode()) <= ERROR_MESSAGE_MAX_BYTES
+    assert message.startswith("Command exited with code 1: xxx")
+    assert message.endswith("the end")
+    record_file = settings.data_dir / "state" / "jobs" / f"{job_id}.json"
+    assert record_file.stat().st_size < 64 * 1024
+    assert len(client.get(f"/api/v1/job/{job_id}").data) < 64 * 1024
+    # The whole line is in the log result, and was never in memory at once.
+    listing = client.get(f"/api/v1/job/{job_id}/results").get_json()
+    log_result = next(item for item in listing if item["uri"].endswith("ocps-job.log"))
+    assert log_result["size"] > STDERR_LINE_MB * 1024 * 1024
+    assert peak[0] - before < 64 * 1024 * 1024, (before, peak[0])

@@ -6,7 +6,6 @@ each expired job with its results exactly as a DELETE does (no ARCHIVED record i
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import logging
@@ -31,12 +30,12 @@ from ..objectstore.trees import make_dirs, remove_tree
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
 from .records import InMemoryRecords, queue_pending
+from .stderr_tail import cap_message, collect_stderr
 
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_LINES = 20
 GIT_TIMEOUT_SECONDS = 600
 # The sweeper wakes at least this often, and whenever a destruction time is set.
 SWEEP_MAX_SLEEP_SECONDS = 3600.0
@@ -372,7 +371,7 @@ class LocalBackend(InMemoryRecords):
             if record is not None and not record.is_final:
                 record.phase = Phase.ERROR
                 record.end_time = utcnow()
-                record.error_message = message
+                record.error_message = cap_message(message)
             self._changed.notify_all()
         self._remove_work(job_id)
 
@@ -470,18 +469,18 @@ class LocalBackend(InMemoryRecords):
                 process = self._spawn(run, argv, git_environment, self.work_dir, log_file)
             except _Aborted:
                 return None
-            tail = _collect_stderr(process, log_file)
+            tail = collect_stderr(process, log_file)
             try:
                 code = process.wait(timeout=GIT_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 _kill_group(process, signal.SIGKILL)
                 code = process.wait()
-                tail.append(f"timed out after {GIT_TIMEOUT_SECONDS} s")
+                tail.note(f"timed out after {GIT_TIMEOUT_SECONDS} s")
             tail.join()
             if code != 0:
                 action = "clone of" if argv[3] == "clone" else "checkout in"
                 what = url if argv[3] == "clone" else f"{url} of {record.parameters.commit_ref!r}"
-                detail = "\n".join(tail).strip() or f"git exited with code {code}"
+                detail = tail.text() or f"git exited with code {code}"
                 return f"git {action} {what} failed: {detail}"
         return None
 
@@ -502,7 +501,7 @@ class LocalBackend(InMemoryRecords):
                 process = self._spawn(run, argv, replica_environment, cwd, log_file)
             except _Aborted:
                 break
-            replicas.append((process, _collect_stderr(process, log_file)))
+            replicas.append((process, collect_stderr(process, log_file)))
         failures = []
         for process, tail in replicas:
             code = process.wait()
@@ -512,7 +511,7 @@ class LocalBackend(InMemoryRecords):
             tail.join()
             if code != 0:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                stderr = "\n".join(tail).strip()
+                stderr = tail.text()
                 failures.append(f"Command {how}" + (f": {stderr}" if stderr else ""))
         return failures[0] if failures else None
 
@@ -567,7 +566,7 @@ class LocalBackend(InMemoryRecords):
             if record is not None and not run.deleted:
                 record.phase = phase
                 record.end_time = utcnow()
-                record.error_message = message
+                record.error_message = cap_message(message)
                 record.results = results or []
                 self._save(record)
                 self._archive(record)
@@ -590,32 +589,6 @@ class LocalBackend(InMemoryRecords):
 
 class _Aborted(Exception):
     """The job was aborted before this process could start."""
-
-
-class _StderrTail(collections.deque[str]):
-    """The last lines a process wrote to stderr, collected by a thread that also logs them."""
-
-    thread: threading.Thread
-
-    def join(self) -> None:
-        self.thread.join()
-
-
-def _collect_stderr(process: subprocess.Popen[bytes], log_file: IO[bytes]) -> _StderrTail:
-    tail = _StderrTail(maxlen=STDERR_TAIL_LINES)
-    stream = process.stderr
-    assert stream is not None
-
-    def pump() -> None:
-        for line in stream:
-            log_file.write(line)
-            log_file.flush()
-            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
-        stream.close()
-
-    tail.thread = threading.Thread(target=pump, daemon=True)
-    tail.thread.start()
-    return tail
 
 
 def _base_environment() -> dict[str, str]:
