@@ -145,11 +145,10 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from waitress.server import TcpWSGIServer, create_server
-
     from .composition import build_service
     from .config import Settings
     from .http import create_embedded_app
+    from .http.server import ServerLimits, create_guarded_server
 
     settings = Settings.from_env(
         data_dir=args.data_dir,
@@ -160,6 +159,13 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
+    if settings.max_concurrent_waits >= args.threads:
+        print(
+            f"ocps-jobs: OCPS_MAX_CONCURRENT_WAITS ({settings.max_concurrent_waits}) must be "
+            f"below --threads ({args.threads}): blocked WAITs would hold every thread",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The port first: a server that cannot listen must not start the data dir's jobs.
     try:
@@ -169,12 +175,19 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_SERVICE
     service = build_service(settings)
     app = create_embedded_app(service)
-    server = create_server(
-        app,
-        sockets=[listening],
+    limits = ServerLimits(
         threads=args.threads,
         # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
         connection_limit=max(100, 2 * args.threads),
+        connections_per_client=settings.http_connections_per_client,
+        header_timeout_seconds=settings.http_header_timeout_seconds,
+        send_timeout_seconds=settings.http_send_timeout_seconds,
+        idle_timeout_seconds=settings.http_idle_timeout_seconds,
+    )
+    server = create_guarded_server(
+        app,
+        listening,
+        limits,
         asyncore_use_poll=True,
         # Downloads stream through waitress's output buffer: the app thread waits once 4 MiB
         # are queued for a client, and the queue stays in memory instead of spilling each
@@ -202,7 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
     # to 1-2 s after the change in one run of five; at 20 ms each finishes its answer in
     # one go (200 waiters: 0.11-0.16 s in six runs of six; bench wait_fanout_local).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    assert isinstance(server, TcpWSGIServer) and server.socket is not None
+    assert server.socket is not None
     host, port = server.socket.getsockname()[:2]
     where = settings.s3_endpoint or settings.data_dir
     print(f"ocps-jobs serving on http://{host}:{port} ({settings.backend} backend, store {where})")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +41,9 @@ __all__ = ["JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
 
+# How often a WAIT whose client may hang up checks that it is still there.
+WAIT_SLICE_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class ListQuery:
@@ -56,6 +61,9 @@ class JobService:
         self.settings = settings
         self.backend = backend
         self.store = store
+        self._wait_slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_waits))
+        self._waits_lock = threading.Lock()
+        self._waits = 0
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -212,17 +220,56 @@ class JobService:
         return destroyed
 
     def wait_for_job(
-        self, job_id: str, caller: Caller, timeout: float, phase: Phase | None = None
+        self,
+        job_id: str,
+        caller: Caller,
+        timeout: float,
+        phase: Phase | None = None,
+        disconnected: Callable[[], bool] | None = None,
     ) -> JobRecord:
-        """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given)."""
+        """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given).
+
+        At most ``max_concurrent_waits`` block at once; past that a WAIT answers at once
+        (as WAIT=0). With ``disconnected``, the wait also ends soon after the client left.
+        """
         record = self.get_job(job_id, caller)
         if not may_wait(record, phase):
             return record
         cap = float(self.settings.wait_max_seconds)
         seconds = cap if timeout < 0 else min(timeout, cap)
-        if seconds > 0:
-            self.backend.wait_for_change(job_id, record.phase, seconds)
+        if seconds <= 0 or self.settings.max_concurrent_waits == 0:
+            return record
+        if not self._wait_slots.acquire(blocking=False):
+            return record
+        try:
+            with self._waits_lock:
+                self._waits += 1
+            self._wait_on(job_id, record.phase, seconds, disconnected)
+        finally:
+            with self._waits_lock:
+                self._waits -= 1
+            self._wait_slots.release()
         return self.get_job(job_id, caller)
+
+    @property
+    def waits_in_progress(self) -> int:
+        """How many WAITs block now."""
+        with self._waits_lock:
+            return self._waits
+
+    def _wait_on(
+        self, job_id: str, phase: Phase, seconds: float, disconnected: Callable[[], bool] | None
+    ) -> None:
+        """Block until the phase changes or ``seconds`` pass; in slices when watching a client."""
+        if disconnected is None:
+            self.backend.wait_for_change(job_id, phase, seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not disconnected():
+            self.backend.wait_for_change(job_id, phase, min(remaining, WAIT_SLICE_SECONDS))
+            current = self.backend.get(job_id)
+            if current is None or current.phase is not phase:
+                return
 
     # --- results -------------------------------------------------------------------------
 
