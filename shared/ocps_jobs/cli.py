@@ -159,7 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
-    if settings.max_concurrent_waits >= args.threads:
+    if settings.max_concurrent_waits is None:
+        settings = settings.model_copy(update={"max_concurrent_waits": args.threads * 3 // 4})
+    elif settings.max_concurrent_waits >= args.threads:
         print(
             f"ocps-jobs: OCPS_MAX_CONCURRENT_WAITS ({settings.max_concurrent_waits}) must be "
             f"below --threads ({args.threads}): blocked WAITs would hold every thread",

@@ -76,6 +76,9 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     max_concurrent_jobs: int = Field(default_factory=_default_concurrency, ge=1, le=1024)
     abort_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Jobs of the embedded backend run in a bubblewrap sandbox: "auto" when bwrap works
+    # here, "bubblewrap" always (refusing to start without it), "none" never.
+    local_sandbox: Literal["auto", "bubblewrap", "none"] = "auto"
 
     # Object store: the filesystem under data_dir unless an S3 endpoint is configured.
     s3_endpoint: str | None = None
@@ -128,9 +131,10 @@ class Settings(BaseModel):
 
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
-    # At most this many WAITs block at once (below the embedded server's thread count);
-    # past it a WAIT answers at once, as WAIT=0 does.
-    max_concurrent_waits: int = Field(default=128, ge=0, le=100_000)
+    # At most this many WAITs block at once; past it a WAIT answers at once, as WAIT=0
+    # does. The embedded server requires it below its thread count and by default takes
+    # three quarters of them; unset elsewhere = no cap.
+    max_concurrent_waits: int | None = Field(default=None, ge=0, le=100_000)
 
     # The embedded server (``ocps-jobs serve``) against clients that hold it (README limits):
     # request headers must arrive within the header timeout of the connection or of the

@@ -61,7 +61,8 @@ class JobService:
         self.settings = settings
         self.backend = backend
         self.store = store
-        self._wait_slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_waits))
+        waits = settings.max_concurrent_waits
+        self._wait_slots = threading.BoundedSemaphore(max(1, waits)) if waits else None
         self._waits_lock = threading.Lock()
         self._waits = 0
 
@@ -239,7 +240,8 @@ class JobService:
         seconds = cap if timeout < 0 else min(timeout, cap)
         if seconds <= 0 or self.settings.max_concurrent_waits == 0:
             return record
-        if not self._wait_slots.acquire(blocking=False):
+        slots = self._wait_slots
+        if slots is not None and not slots.acquire(blocking=False):
             return record
         try:
             with self._waits_lock:
@@ -248,7 +250,8 @@ class JobService:
         finally:
             with self._waits_lock:
                 self._waits -= 1
-            self._wait_slots.release()
+            if slots is not None:
+                slots.release()
         return self.get_job(job_id, caller)
 
     @property

@@ -30,6 +30,7 @@ from ..objectstore.trees import make_dirs, remove_tree
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
 from .records import InMemoryRecords, queue_pending
+from .sandbox import exit_status, find_sandbox, require_isolation
 from .stderr_tail import cap_message, collect_stderr
 
 __all__ = ["LocalBackend"]
@@ -87,7 +88,7 @@ def _own_data_dir(data_dir: Path) -> int:
 
 
 class LocalBackend(InMemoryRecords):
-    """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
+    """Runs each job as ``/bin/bash -c <command>`` in its own process group (and sandbox)."""
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
@@ -96,6 +97,8 @@ class LocalBackend(InMemoryRecords):
         self.work_dir = settings.data_dir / "work"
         make_dirs(self.state_dir)
         make_dirs(self.work_dir)
+        self._sandbox = find_sandbox(settings)
+        require_isolation(settings, self._sandbox)
         self._owner = _own_data_dir(settings.data_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -429,6 +432,8 @@ class LocalBackend(InMemoryRecords):
         with self._lock:
             if run.abort_reason is not None:
                 raise _Aborted
+            if self._sandbox is not None:
+                argv = self._sandbox.wrap(argv, self.work_dir / run.job_id, cwd)
             process = subprocess.Popen(
                 argv,
                 env=environment,
@@ -466,7 +471,9 @@ class LocalBackend(InMemoryRecords):
             )
         for argv in steps:
             try:
-                process = self._spawn(run, argv, git_environment, self.work_dir, log_file)
+                process = self._spawn(
+                    run, argv, git_environment, self.work_dir / record.job_id, log_file
+                )
             except _Aborted:
                 return None
             tail = collect_stderr(process, log_file)
@@ -505,6 +512,8 @@ class LocalBackend(InMemoryRecords):
         failures = []
         for process, tail in replicas:
             code = process.wait()
+            if self._sandbox is not None:
+                code = exit_status(code)
             # What the command left behind ends with it, as in a container: otherwise a
             # bash killed from outside leaves children holding stderr and the job running.
             _kill_group(process, signal.SIGKILL)
