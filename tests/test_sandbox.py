@@ -132,3 +132,20 @@ def test_several_identities_without_a_sandbox_are_refused(tmp_path: Path) -> Non
     # One identity needs no isolation from others.
     one = two_user_settings(tmp_path / "one", local_sandbox="none", auth_tokens={"t": "alice"})
     assert build_service(one).backend is not None
+
+
+def test_an_aborted_sandboxed_job_gets_its_grace_period(tmp_path: Path) -> None:
+    settings = Settings.from_env(data_dir=tmp_path / "data", max_concurrent_jobs=2)
+    service = build_service(settings)
+    client = create_embedded_app(service).test_client()
+    command = (
+        'trap "sleep 0.5; echo saved > $JOB_OUTPUT_DIR/partial.txt; exit 5" TERM; '
+        "touch $JOB_OUTPUT_DIR/started; sleep 300 & wait"
+    )
+    job_id = client.put("/api/v1/job", json={"command": command}).get_json()["jobId"]
+    started = settings.data_dir / "work" / job_id / "out" / "started"
+    wait_until(started.is_file)
+    service.abort_job(job_id, Caller())
+    wait_until(lambda: client.get(f"/api/v1/job/{job_id}/phase").get_json() == "aborted")
+    listing = client.get(f"/api/v1/job/{job_id}/results").get_json()
+    assert any(item["uri"].endswith("/partial.txt") for item in listing), listing

@@ -160,7 +160,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
     if settings.max_concurrent_waits is None:
-        settings = settings.model_copy(update={"max_concurrent_waits": args.threads * 3 // 4})
+        waits = args.threads - max(1, args.threads // 8)
+        settings = settings.model_copy(update={"max_concurrent_waits": waits})
     elif settings.max_concurrent_waits >= args.threads:
         print(
             f"ocps-jobs: OCPS_MAX_CONCURRENT_WAITS ({settings.max_concurrent_waits}) must be "
@@ -177,11 +178,12 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_SERVICE
     service = build_service(settings)
     app = create_embedded_app(service)
+    # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
+    connection_limit = max(100, 2 * args.threads)
     limits = ServerLimits(
         threads=args.threads,
-        # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
-        connection_limit=max(100, 2 * args.threads),
-        connections_per_client=settings.http_connections_per_client,
+        connection_limit=connection_limit,
+        connections_per_client=settings.http_connections_per_client or connection_limit // 2,
         header_timeout_seconds=settings.http_header_timeout_seconds,
         send_timeout_seconds=settings.http_send_timeout_seconds,
         idle_timeout_seconds=settings.http_idle_timeout_seconds,

@@ -132,19 +132,20 @@ class Settings(BaseModel):
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
     # At most this many WAITs block at once; past it a WAIT answers at once, as WAIT=0
-    # does. The embedded server requires it below its thread count and by default takes
-    # three quarters of them; unset elsewhere = no cap.
+    # does. The embedded server requires it below its thread count and by default keeps
+    # an eighth of its threads (at least one) for other requests; unset elsewhere = no cap.
     max_concurrent_waits: int | None = Field(default=None, ge=0, le=100_000)
 
     # The embedded server (``ocps-jobs serve``) against clients that hold it (README limits):
     # request headers must arrive within the header timeout of the connection or of the
     # request's first byte; a response that makes no progress for the send timeout, and a
     # connection idle between requests for the idle timeout, are closed; one client address
-    # may hold at most ``http_connections_per_client`` connections.
+    # may hold at most ``http_connections_per_client`` connections (default: half the
+    # server's connection limit; behind a proxy every client has the proxy's address).
     http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     http_send_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     http_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
-    http_connections_per_client: int = Field(default=64, ge=1, le=100_000)
+    http_connections_per_client: int | None = Field(default=None, ge=1, le=100_000)
 
     # Execution duration (seconds a job may run before it is aborted; 0 = unlimited).
     # New jobs get the default; with a maximum set, any request above it, and a request

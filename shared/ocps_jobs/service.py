@@ -37,12 +37,12 @@ from .transitions import (
     start_needed,
 )
 
-__all__ = ["JobService", "ListQuery"]
+__all__ = ["WAIT_SLICE_SECONDS", "JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
 
 # How often a WAIT whose client may hang up checks that it is still there.
-WAIT_SLICE_SECONDS = 1.0
+WAIT_SLICE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ class JobService:
         """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given).
 
         At most ``max_concurrent_waits`` block at once; past that a WAIT answers at once
-        (as WAIT=0). With ``disconnected``, the wait also ends soon after the client left.
+        (as WAIT=0). With ``disconnected``, the wait also ends within ``WAIT_SLICE_SECONDS``
+        of the client leaving.
         """
         record = self.get_job(job_id, caller)
         if not may_wait(record, phase):

@@ -30,7 +30,7 @@ from ..objectstore.trees import make_dirs, remove_tree
 from ..sidecar import Uploader
 from .base import JobUpdate, Unset
 from .records import InMemoryRecords, queue_pending
-from .sandbox import exit_status, find_sandbox, require_isolation
+from .sandbox import exit_status, find_sandbox, require_isolation, signal_inside
 from .stderr_tail import cap_message, collect_stderr
 
 __all__ = ["LocalBackend"]
@@ -317,7 +317,10 @@ class LocalBackend(InMemoryRecords):
 
     def _signal_run(self, run: _Run, grace: float | None = None) -> None:
         for process in run.processes:
-            _kill_group(process, signal.SIGTERM)
+            if self._sandbox is None:
+                _kill_group(process, signal.SIGTERM)
+            else:
+                signal_inside(process.pid, signal.SIGTERM)
         delay = self.settings.abort_grace_seconds if grace is None else grace
 
         def escalate() -> None:

@@ -10,6 +10,7 @@ stops every process of the namespace, ``setsid`` escapes included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -20,7 +21,13 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import SettingsError
 
-__all__ = ["Sandbox", "exit_status", "find_sandbox", "require_isolation"]
+__all__ = [
+    "Sandbox",
+    "exit_status",
+    "find_sandbox",
+    "require_isolation",
+    "signal_inside",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,23 @@ def exit_status(code: int) -> int:
     bwrap reports a command killed by signal N as 128 + N, as a shell does.
     """
     return -(code - 128) if 128 < code <= 128 + 64 else code
+
+
+def signal_inside(group: int, sig: int) -> None:
+    """Signal the processes of a sandboxed job's process group, but not its outer ``bwrap``.
+
+    The outer ``bwrap`` (the group's leader) would die of SIGTERM and take the sandbox with
+    it at once; left alone, the job gets its grace period and ``bwrap`` ends with it.
+    """
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(stat_file.parent.name)
+        if pid != group and fields[2] == str(group):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def find_sandbox(settings: Settings) -> Sandbox | None:

@@ -88,11 +88,13 @@ class GuardedServer(TcpWSGIServer):
         """Accept a connection unless its address already holds its share."""
         try:
             accepted = self.accept()
+            if accepted is None:
+                return
+            connection, address = accepted
+            self.set_socket_options(connection)  # TCP_NODELAY, as waitress's own
         except OSError:
             return
-        if accepted is None:
-            return
-        connection, address = accepted
+        address = self.fix_addr(address)
         host = address[0] if isinstance(address, tuple) else str(address)
         held = sum(1 for channel in self._channels() if _host(channel) == host)
         if held >= self.limits.connections_per_client:
