@@ -172,7 +172,9 @@ def test_one_huge_stderr_line_leaves_a_small_record_and_bounded_memory(
     try:
         job_id = submit(
             client,
-            command=f'head -c {STDERR_LINE_MB}M /dev/zero | tr "\\0" x >&2; echo "the end" >&2; exit 1',
+            command=(
+                f'head -c {STDERR_LINE_MB}M /dev/zero | tr "\\0" x >&2; echo "the end" >&2; exit 1'
+            ),
         )
         job = finish(client, job_id, timeout=120)
     finally:

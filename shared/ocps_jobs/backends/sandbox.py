@@ -145,9 +145,7 @@ def _probe(sandbox: Sandbox, data_dir: Path) -> str | None:
     probe_root = data_dir.resolve() / "work"
     argv = sandbox.wrap(["/bin/true"], probe_root, probe_root)
     try:
-        done = subprocess.run(
-            argv, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False
-        )
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"bwrap cannot run: {error}"
     if done.returncode != 0:
