@@ -193,3 +193,31 @@ def test_one_huge_stderr_line_leaves_a_small_record_and_bounded_memory(
     log_result = next(item for item in listing if item["uri"].endswith("ocps-job.log"))
     assert log_result["size"] > STDERR_LINE_MB * 1024 * 1024
     assert peak[0] - before < 64 * 1024 * 1024, (before, peak[0])
+
+
+def test_a_deletion_cut_short_is_finished_at_the_next_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = build_service(settings)
+    client = create_embedded_app(service).test_client()
+    job_id = submit(client, command="for i in 1 2 3; do echo $i > $JOB_OUTPUT_DIR/$i; done")
+    assert finish(client, job_id)["phase"] == "completed"
+    objects = settings.data_dir / "objects"
+    original = FilesystemStore.delete_prefix
+
+    def crash_half_way(store: FilesystemStore, prefix: str) -> None:
+        # Some objects (the manifest first) go, then the process dies.
+        next(path for path in walk_files(objects) if path.name == "manifest.json").unlink()
+        raise SystemExit("killed during DELETE")
+
+    monkeypatch.setattr(FilesystemStore, "delete_prefix", crash_half_way)
+    with pytest.raises(SystemExit):
+        service.delete_job(job_id, Caller())
+    monkeypatch.setattr(FilesystemStore, "delete_prefix", original)
+    close_services()
+
+    restarted = create_embedded_app(build_service(settings)).test_client()
+    assert restarted.get(f"/api/v1/job/{job_id}").status_code == 404
+    assert restarted.get("/api/v1/job").get_json() == []
+    assert not [path for path in walk_files(objects) if job_id in str(path)]
+    assert not list((settings.data_dir / "state" / "jobs").glob(f"{job_id}*"))

@@ -106,14 +106,14 @@ def test_a_job_reaches_neither_the_server_nor_another_users_job(
     assert output_text(client, "tok-alice", alice_done, "result.txt") == "hers\n"
 
 
-@pytest.mark.parametrize("how", ["abort", "delete"])
+@pytest.mark.parametrize("how", ["abort", "delete", "completion"])
 def test_processes_that_left_the_jobs_session_stop_with_it(tmp_path: Path, how: str) -> None:
     settings = Settings.from_env(data_dir=tmp_path / "data", max_concurrent_jobs=2)
     service = build_service(settings)
     client = create_embedded_app(service).test_client()
     command = (
         "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > $JOB_OUTPUT_DIR/escape.pid; "
-        "sleep 300"
+        + ("sleep 2" if how == "completion" else "sleep 300")
     )
     job_id = client.put("/api/v1/job", json={"command": command}).get_json()["jobId"]
     pid_file = settings.data_dir / "work" / job_id / "out" / "escape.pid"
@@ -121,6 +121,8 @@ def test_processes_that_left_the_jobs_session_stop_with_it(tmp_path: Path, how: 
     assert process_alive(escaped)
     if how == "abort":
         service.abort_job(job_id, Caller())
+    elif how == "completion":
+        wait_until(lambda: client.get(f"/api/v1/job/{job_id}/phase").get_json() == "completed")
     else:
         assert client.delete(f"/api/v1/job/{job_id}").status_code in (200, 204)
     wait_until(lambda: not process_alive(escaped), timeout=10)

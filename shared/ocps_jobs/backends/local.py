@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 GIT_TIMEOUT_SECONDS = 600
 # The sweeper wakes at least this often, and whenever a destruction time is set.
 SWEEP_MAX_SLEEP_SECONDS = 3600.0
+# A job whose deletion has begun: the next start finishes it.
+DELETING_SUFFIX = ".deleting"
 # Server settings and credentials never reach a job's environment.
 _PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
 
@@ -139,7 +141,10 @@ class LocalBackend(InMemoryRecords):
         One job's trouble (a tree that cannot be removed, a record that cannot be saved) is
         logged and does not stop the start.
         """
+        deleted = self._finish_deletions()
         for path in sorted(self.state_dir.glob("*.json")):
+            if path.stem in deleted:
+                continue
             try:
                 record = JobRecord.model_validate_json(path.read_text())
             except (OSError, ValueError) as error:
@@ -226,10 +231,17 @@ class LocalBackend(InMemoryRecords):
             return record.model_copy(deep=True)
 
     def delete(self, job_id: str) -> None:
-        """Stop the job if it runs, forget it and remove its objects."""
+        """Stop the job if it runs, forget it and remove its objects.
+
+        The job is marked deleted first: a deletion cut short (a crash, the store failing
+        half-way) is finished at the next start instead of leaving a job without some of
+        its results.
+        """
         with self._lock:
             self._require(job_id)
-        # Objects first: with the store down this fails (503) and the job is still there.
+            self._deleting_path(job_id).touch()
+        # Objects first: with the store down this fails (503) and the job is still there
+        # (until it is deleted again or the next start finishes the deletion).
         self.store.delete_prefix(job_prefix(job_id))
         with self._lock:
             self._require(job_id)
@@ -244,7 +256,29 @@ class LocalBackend(InMemoryRecords):
             self._changed.notify_all()
         if run is None:
             self._remove_work(job_id)
-        self.store.delete_prefix(job_prefix(job_id))
+            self.store.delete_prefix(job_prefix(job_id))
+            self._deleting_path(job_id).unlink(missing_ok=True)
+
+    def _deleting_path(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}{DELETING_SUFFIX}"
+
+    def _finish_deletions(self) -> set[str]:
+        """Finish the deletions a crash cut short; the ids of the jobs they were of."""
+        deleted = set()
+        for marker in sorted(self.state_dir.glob(f"*{DELETING_SUFFIX}")):
+            job_id = marker.name.removesuffix(DELETING_SUFFIX)
+            deleted.add(job_id)
+            try:
+                self._stop_orphans(job_id)
+                self.store.delete_prefix(job_prefix(job_id))
+                self._remove_work(job_id)
+                self._state_path(job_id).unlink(missing_ok=True)
+                marker.unlink()
+            except Exception:
+                log.exception("finishing the deletion of job %s failed", job_id)
+            else:
+                log.warning("finished the deletion of job %s, cut short by a crash", job_id)
+        return deleted
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
         """Set execution duration or destruction time, as the service has checked them."""
@@ -586,6 +620,7 @@ class LocalBackend(InMemoryRecords):
         self._remove_work(job_id)
         if run.deleted:
             self.store.delete_prefix(job_prefix(job_id))
+            self._deleting_path(job_id).unlink(missing_ok=True)
 
     def _archive(self, record: JobRecord) -> None:
         """Keep the final record beside the outputs (DESIGN section 6)."""
