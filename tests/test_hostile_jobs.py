@@ -221,3 +221,24 @@ def test_a_deletion_cut_short_is_finished_at_the_next_start(
     assert restarted.get("/api/v1/job").get_json() == []
     assert not [path for path in walk_files(objects) if job_id in str(path)]
     assert not list((settings.data_dir / "state" / "jobs").glob(f"{job_id}*"))
+
+
+def test_the_cli_prints_rich_markup_in_job_values_as_text() -> None:
+    from rich.console import Console
+
+    from ocps_jobs.cli import _jobs_table
+
+    hostile = "[/oops] [link=https://evil.example]click[/link] [conceal]hidden[/conceal]\x1b[2J"
+    job = {
+        "jobId": "a" * 32,
+        "runId": hostile,
+        "phase": "error",
+        "creationTime": None,
+        "endTime": None,
+        "errorSummary": {"message": hostile},
+    }
+    console = Console(record=True, width=400)
+    console.print(_jobs_table([job]))  # a MarkupError before
+    text = console.export_text()
+    assert "[/oops]" in text and "[link=https://evil.example]" in text
+    assert "\x1b" not in text

@@ -278,14 +278,23 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> Any:
     table.add_column("error", overflow="fold")
     for job in jobs:
         table.add_row(
-            job["jobId"],
-            job["runId"],
-            job["phase"],
-            job["creationTime"] or "",
-            job["endTime"] or "",
-            (job["errorSummary"]["message"] or "")[:60],
+            *_plain(
+                job["jobId"],
+                job["runId"],
+                job["phase"],
+                job["creationTime"] or "",
+                job["endTime"] or "",
+                (job["errorSummary"]["message"] or "")[:60],
+            )
         )
     return table
+
+
+def _plain(*values: object) -> list[Any]:
+    """Cells shown as they are: rich markup (``[/x]``, ``[link=…]``) and controls inert."""
+    from rich.text import Text
+
+    return [Text("".join(c if c.isprintable() else "\ufffd" for c in str(v))) for v in values]
 
 
 def _results_table(results: list[dict[str, Any]]) -> Any:
@@ -297,7 +306,7 @@ def _results_table(results: list[dict[str, Any]]) -> Any:
     table.add_column("type", no_wrap=True)
     table.add_column("uri", overflow="fold")
     for item in results:
-        table.add_row(item["id"], str(item["size"]), item["mimeType"], item["uri"])
+        table.add_row(*_plain(item["id"], item["size"], item["mimeType"], item["uri"]))
     return table
 
 
@@ -306,6 +315,7 @@ def _advance(progress: Any, task: Any, done: int, total: int) -> None:
 
 
 def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
+    from rich.markup import escape as markup_escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     if len(args.target) == 32 and all(c in "0123456789abcdef" for c in args.target):
@@ -318,7 +328,7 @@ def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
     with Progress(*columns, disable=args.json or not sys.stderr.isatty()) as progress:
         for result_id, folder in targets:
             relative = decode_result_id(result_id).relative_path
-            task = progress.add_task(relative, total=None)
+            task = progress.add_task(markup_escape(relative), total=None)
             path = client.download(
                 result_id,
                 folder / relative,
