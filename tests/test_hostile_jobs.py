@@ -242,3 +242,28 @@ def test_the_cli_prints_rich_markup_in_job_values_as_text() -> None:
     text = console.export_text()
     assert "[/oops]" in text and "[link=https://evil.example]" in text
     assert "\x1b" not in text
+
+
+@pytest.mark.parametrize("command_succeeded", [True, False], ids=["uploading", "running"])
+def test_a_job_interrupted_by_a_crash_keeps_its_outputs(
+    settings: Settings, service: JobService, command_succeeded: bool
+) -> None:
+    record = service.create_job(JobRequest(command="true"), Caller(), start=False)
+    close_services()
+    state = settings.data_dir / "state" / "jobs"
+    stored = JobRecord.model_validate_json((state / f"{record.job_id}.json").read_text())
+    stored.phase = Phase.EXECUTING
+    (state / f"{record.job_id}.json").write_text(stored.model_dump_json())
+    output = settings.data_dir / "work" / record.job_id / "out"
+    make_dirs(output / "sub")
+    (output / "sub" / "partial.txt").write_text("written before the crash\n")
+    if command_succeeded:  # as the worker marks it once the command ended 0
+        (state / f"{record.job_id}{local.UPLOADING_SUFFIX}").touch()
+
+    restarted = build_service(settings)
+    recovered = restarted.get_job(record.job_id, Caller())
+    assert recovered.phase is (Phase.COMPLETED if command_succeeded else Phase.ERROR)
+    names = [result.key.rsplit("/out/", 1)[-1] for result in restarted.results_of(recovered)]
+    assert "sub/partial.txt" in names, names
+    assert not (settings.data_dir / "work" / record.job_id).exists()
+    assert not list(state.glob(f"{record.job_id}{local.UPLOADING_SUFFIX}"))

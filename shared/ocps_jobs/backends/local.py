@@ -42,6 +42,8 @@ GIT_TIMEOUT_SECONDS = 600
 SWEEP_MAX_SLEEP_SECONDS = 3600.0
 # A job whose deletion has begun: the next start finishes it.
 DELETING_SUFFIX = ".deleting"
+# A job whose command succeeded and whose results are uploading: the next start finishes.
+UPLOADING_SUFFIX = ".uploading"
 # Server settings and credentials never reach a job's environment.
 _PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
 
@@ -152,18 +154,47 @@ class LocalBackend(InMemoryRecords):
                 continue
             self._records[record.job_id] = record
             if record.phase is Phase.EXECUTING:
-                self._stop_orphans(record.job_id)  # before its folder goes: no stray writer
-                record.phase = Phase.ERROR
-                record.end_time = utcnow()
-                record.error_message = "The job manager restarted while the job was running."
-                try:
-                    with self._lock:
-                        self._save(record)
-                except Exception:
-                    log.exception("recording job %s as failed after a restart", record.job_id)
-                self._remove_work(record.job_id)
+                self._stop_orphans(record.job_id)  # before its outputs go: no stray writer
+                self._end_interrupted(record)
             elif record.phase is Phase.QUEUED:
                 self._queue.put(record.job_id)
+
+    def _end_interrupted(self, record: JobRecord) -> None:
+        """End a job the last process left running, its outputs uploaded as an abort's are.
+
+        One whose command had succeeded (its results were uploading) completes; any other
+        ends in error, with what it had written.
+        """
+        job_id = record.job_id
+        succeeded = self._uploading_path(job_id).exists()
+        results = None
+        log_path = self.work_dir / job_id / LOG_RESULT_NAME
+        try:
+            if self.output_dir(job_id).is_dir():
+                extra = {LOG_RESULT_NAME: log_path} if log_path.is_file() else {}
+                manifest = Uploader(self.store, job_id, self.output_dir(job_id)).finish(extra)
+                results = ResultFile.from_manifest(manifest)
+        except Exception:
+            log.exception("uploading the outputs of interrupted job %s failed", job_id)
+        completed = succeeded and results is not None
+        record.phase = Phase.COMPLETED if completed else Phase.ERROR
+        record.end_time = utcnow()
+        record.error_message = (
+            "" if completed else "The job manager restarted while the job was running."
+        )
+        record.results = results or []
+        try:
+            with self._lock:
+                self._save(record)
+            self._archive(record)
+        except Exception:
+            log.exception("recording job %s as ended after a restart", job_id)
+        self._uploading_path(job_id).unlink(missing_ok=True)
+        self._remove_work(job_id)
+
+    def _uploading_path(self, job_id: str) -> Path:
+        """Present while the results of a job whose command succeeded are uploading."""
+        return self.state_dir / f"{job_id}{UPLOADING_SUFFIX}"
 
     def _remove_work(self, job_id: str) -> None:
         """Remove a job's work folder, however deep; a failure is logged, never raised."""
@@ -307,6 +338,8 @@ class LocalBackend(InMemoryRecords):
             runs = list(self._runs.values())
         self._sweep_wakeup.set()
         for run in runs:
+            if run.succeeded:  # uploading: finished below, or by the next start
+                continue
             run.abort_reason = run.abort_reason or "The job manager shut down."
             self._signal_run(run, grace=0)
         for _ in self._workers:
@@ -441,6 +474,8 @@ class LocalBackend(InMemoryRecords):
             run.timer.cancel()
         with self._lock:
             run.succeeded = message is None and run.abort_reason is None
+        if run.succeeded:  # a stop now lets the upload finish, or the next start does
+            self._uploading_path(job_id).touch()
         if run.deleted:
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason or "")
             return
@@ -617,6 +652,7 @@ class LocalBackend(InMemoryRecords):
                 self._save(record)
                 self._archive(record)
             self._changed.notify_all()
+        self._uploading_path(job_id).unlink(missing_ok=True)  # after the final record
         self._remove_work(job_id)
         if run.deleted:
             self.store.delete_prefix(job_prefix(job_id))
