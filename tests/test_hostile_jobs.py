@@ -26,8 +26,10 @@ from ocps_jobs.sidecar import Uploader
 from tests.test_local_backend import finish, submit
 
 DEPTH = 1500
+# The issue's loop (``mkdir a; cd a`` 1500 times) makes the same tree with 1500 processes.
 DEEP_TREE = (
-    f'cd "$JOB_OUTPUT_DIR"; for i in $(seq 1 {DEPTH}); do mkdir a; cd a; done; echo x > f.txt'
+    f'deep="$JOB_OUTPUT_DIR/$(printf "a/%.0s" $(seq 1 {DEPTH}))"; mkdir -p "$deep"; '
+    'echo x > "$deep/f.txt"'
 )
 
 
