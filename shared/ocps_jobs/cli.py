@@ -159,9 +159,10 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
+    # One client (or every WAIT) may hold all threads but a reserve for everyone else.
+    client_share = args.threads - max(1, args.threads // 8)
     if settings.max_concurrent_waits is None:
-        waits = args.threads - max(1, args.threads // 8)
-        settings = settings.model_copy(update={"max_concurrent_waits": waits})
+        settings = settings.model_copy(update={"max_concurrent_waits": client_share})
     elif settings.max_concurrent_waits >= args.threads:
         print(
             f"ocps-jobs: OCPS_MAX_CONCURRENT_WAITS ({settings.max_concurrent_waits}) must be "
@@ -183,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(
         threads=args.threads,
         connection_limit=connection_limit,
-        connections_per_client=settings.http_connections_per_client or connection_limit // 2,
+        connections_per_client=settings.http_connections_per_client or client_share,
         header_timeout_seconds=settings.http_header_timeout_seconds,
         send_timeout_seconds=settings.http_send_timeout_seconds,
         idle_timeout_seconds=settings.http_idle_timeout_seconds,

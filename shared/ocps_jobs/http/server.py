@@ -115,7 +115,10 @@ class GuardedServer(TcpWSGIServer):
                 and channel.total_outbufs_len
                 and now - channel.last_activity > self.limits.send_timeout_seconds
             ):
-                channel.will_close = True  # wakes the writing thread: ClientDisconnected
+                # Closed here, not flagged: a socket that cannot take data is never
+                # writable, so waitress would never act on ``will_close``. Closing wakes the
+                # thread writing the response (ClientDisconnected).
+                channel.handle_close()
 
 
 def _host(channel: Any) -> str:
