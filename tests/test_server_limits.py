@@ -179,25 +179,31 @@ def _server_rss(server: ServeProcess) -> int:
 
 
 def test_downloads_nobody_reads_are_closed_after_the_send_timeout(server: ServeProcess) -> None:
-    big = submit(server, "head -c 32M /dev/zero > $JOB_OUTPUT_DIR/big.bin")
+    big = submit(server, "head -c 64M /dev/zero > $JOB_OUTPUT_DIR/big.bin")
     wait_until(lambda: phase(server, big) == "completed", timeout=60)
     listing = requests.get(f"{server.url}/api/v1/job/{big}/results", timeout=10).json()
     result = next(item["id"] for item in listing if item["uri"].endswith("big.bin"))
     request = f"GET /api/v1/job/result/{result} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     readers = []
-    try:
-        for _ in range(PER_CLIENT + 4):
+
+    def download_unread(source: str, count: int) -> None:
+        for _ in range(count):
             with contextlib.suppress(OSError):
-                connection = attacker(server, "127.0.0.6", receive_buffer=4096)
+                connection = attacker(server, source, receive_buffer=4096)
                 connection.sendall(request)
                 readers.append(connection)
+
+    try:
+        download_unread("127.0.0.6", PER_CLIENT + 4)  # past the cap: refused
         time.sleep(0.5)
         assert csc_get_seconds(server, big) < ANSWER_WITHIN
-        # Nobody reads: past the send timeout each is closed and its thread freed.
+        # From a second address every thread is taken; nobody reads. Past the send timeout
+        # each is closed without any read on our side, which frees its thread.
+        download_unread("127.0.0.7", THREADS - PER_CLIENT)
         time.sleep(SEND_TIMEOUT + 2)
-        assert all(closed_by_server(connection, 5) for connection in readers)
         assert csc_get_seconds(server, big) < ANSWER_WITHIN
         assert _server_rss(server) < 512 * 1024 * 1024
+        assert all(closed_by_server(connection, 5) for connection in readers)
     finally:
         for connection in readers:
             connection.close()
