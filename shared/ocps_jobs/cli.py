@@ -184,7 +184,9 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(
         threads=args.threads,
         connection_limit=connection_limit,
-        connections_per_client=settings.http_connections_per_client or client_share,
+        connections_per_client=settings.http_connections_per_client
+        or connection_limit - connection_limit // 8,
+        requests_per_client=client_share,
         header_timeout_seconds=settings.http_header_timeout_seconds,
         send_timeout_seconds=settings.http_send_timeout_seconds,
         idle_timeout_seconds=settings.http_idle_timeout_seconds,

@@ -140,8 +140,9 @@ class Settings(BaseModel):
     # request headers must arrive within the header timeout of the connection or of the
     # request's first byte; a response that makes no progress for the send timeout, and a
     # connection idle between requests for the idle timeout, are closed; one client address
-    # may hold at most ``http_connections_per_client`` connections (default: the threads
-    # less an eighth; behind a proxy every client has the proxy's address).
+    # may hold at most ``http_connections_per_client`` connections (default: the connection
+    # limit less an eighth; behind a proxy every client has the proxy's address) and at most
+    # the threads less an eighth at once (its other requests wait for one of those).
     http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     http_send_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     http_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)

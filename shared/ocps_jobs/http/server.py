@@ -5,7 +5,8 @@ On top of waitress's own limits (total connections, idle timeout), the guarded s
 - closes a connection whose request headers are not complete within the header timeout
   (counted from the connection, or from the first byte of each later request), however
   slowly they trickle in;
-- refuses connections past ``connections_per_client`` from one client address;
+- refuses connections past ``connections_per_client`` from one client address, and gives
+  one address at most ``requests_per_client`` threads at once (its other requests wait);
 - closes a connection whose response made no progress for the send timeout, which frees
   the thread writing it (a download nobody reads);
 - reads on while a request runs (``channel_request_lookahead``), so that a client that
@@ -14,9 +15,11 @@ On top of waitress's own limits (total connections, idle timeout), the guarded s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ class ServerLimits:
     threads: int
     connection_limit: int
     connections_per_client: int
+    requests_per_client: int
     header_timeout_seconds: float
     send_timeout_seconds: float
     idle_timeout_seconds: float
@@ -58,6 +62,13 @@ class GuardedChannel(HTTPChannel):
         super().__init__(server, sock, addr, adj, map)
         # A new connection owes its first request's headers from now.
         self.headers_due_since: float | None = self.creation_time
+
+    def service(self) -> None:
+        """Serve one request as waitress does, then let the client's next one in."""
+        try:
+            super().service()
+        finally:
+            self.server.request_done(self)
 
     def received(self, data: bytes) -> bool:
         """Parse input as waitress does, then note whether headers are still incomplete."""
@@ -78,7 +89,37 @@ class GuardedServer(TcpWSGIServer):
 
     def __init__(self, *args: Any, limits: ServerLimits, **kwargs: Any) -> None:
         self.limits = limits
+        self._busy_lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+        self._held_back: dict[str, collections.deque[Any]] = {}
         super().__init__(*args, **kwargs)
+
+    def add_task(self, task: Any) -> None:
+        """Give a request a thread, unless its client address already has its share."""
+        host = _host(task)
+        with self._busy_lock:
+            if self._busy.get(host, 0) >= self.limits.requests_per_client:
+                self._held_back.setdefault(host, collections.deque()).append(task)
+                return
+            self._busy[host] = self._busy.get(host, 0) + 1
+        super().add_task(task)
+
+    def request_done(self, channel: Any) -> None:
+        """A thread is back: the address's next held-back request (if any) takes it."""
+        host = _host(channel)
+        following = None
+        with self._busy_lock:
+            self._busy[host] = self._busy.get(host, 1) - 1
+            waiting = self._held_back.get(host)
+            if waiting:
+                following = waiting.popleft()
+                self._busy[host] += 1
+                if not waiting:
+                    del self._held_back[host]
+            elif self._busy[host] <= 0:
+                del self._busy[host]
+        if following is not None:
+            super().add_task(following)
 
     def _channels(self) -> list[Any]:
         """The open connections (waitress's stubs type them loosely)."""
