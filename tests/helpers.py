@@ -138,3 +138,39 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def host_pid(job_id: str, job_pid: int) -> int:
+    """The host's pid of a job process that knows itself as ``job_pid`` (``$$``, ``$!``).
+
+    A sandboxed job has its own PID namespace: among the processes in another namespace
+    whose innermost pid is ``job_pid``, the one descended from the job's ``bwrap`` (whose
+    command line names the job's folder). Unsandboxed, the pid is the host's already.
+    """
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue
+        namespaced = fields.get("NSpid", "").split()
+        if len(namespaced) < 2 or int(namespaced[-1]) != job_pid:
+            continue
+        if _descends_from_job(int(namespaced[0]), job_id):
+            return int(namespaced[0])
+    return job_pid
+
+
+def _descends_from_job(pid: int, job_id: str) -> bool:
+    for _ in range(8):
+        try:
+            if job_id.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return False
+        pid = int(parent)
+        if pid <= 1:
+            return False
+    return False

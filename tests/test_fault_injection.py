@@ -31,7 +31,7 @@ from ocps_jobs.service import JobService
 from ocps_jobs.uploader.upload import Uploader
 from tests.chaos import ServeProcess
 from tests.faults import TcpProxy
-from tests.helpers import process_alive, wait_for_phase, wait_until
+from tests.helpers import host_pid, process_alive, wait_for_phase, wait_until
 
 FINAL = {"completed", "error", "aborted"}
 
@@ -263,9 +263,11 @@ def test_a_job_killed_by_a_signal_ends_in_error(
 
     def pids() -> tuple[int, int] | None:
         try:
-            return int((output / "bash.pid").read_text()), int((output / "child.pid").read_text())
+            bash = int((output / "bash.pid").read_text())
+            child = int((output / "child.pid").read_text())
         except (FileNotFoundError, ValueError):
             return None
+        return host_pid(job_id, bash), host_pid(job_id, child)
 
     bash, child = wait_until(pids, timeout=20)
     assert process_alive(bash) and process_alive(child)

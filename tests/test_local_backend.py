@@ -20,7 +20,7 @@ from ocps_jobs.errors import InvalidRequestError, PhaseConflictError
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, JobRecord, JobRequest, Phase
 from ocps_jobs.service import JobService
-from tests.helpers import git, make_pipeline_repo, wait_for_phase, wait_until
+from tests.helpers import git, host_pid, make_pipeline_repo, wait_for_phase, wait_until
 
 ANYONE = Caller()
 
@@ -196,7 +196,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _started_child(service: JobService, job_id: str) -> int:
     pid_file = service.settings.data_dir / "work" / job_id / "out" / "child.pid"
-    return int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip()))
+    return host_pid(
+        job_id, int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip()))
+    )
 
 
 SPAWNS_CHILD = "sleep 300 & echo $! > $JOB_OUTPUT_DIR/child.pid; echo started; wait"

@@ -180,11 +180,10 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from waitress.server import TcpWSGIServer, create_server
-
     from .composition import build_service
     from .config import Settings
     from .http import create_embedded_app
+    from .http.server import ServerLimits, create_guarded_server
 
     settings = Settings.from_env(
         data_dir=args.data_dir,
@@ -195,6 +194,17 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         max_concurrent_jobs=args.max_concurrent_jobs,
     )
+    # One client (or every WAIT) may hold all threads but a reserve for everyone else.
+    client_share = args.threads - max(1, args.threads // 8)
+    if settings.max_concurrent_waits is None:
+        settings = settings.model_copy(update={"max_concurrent_waits": client_share})
+    elif settings.max_concurrent_waits >= args.threads:
+        print(
+            f"ocps-jobs: OCPS_MAX_CONCURRENT_WAITS ({settings.max_concurrent_waits}) must be "
+            f"below --threads ({args.threads}): blocked WAITs would hold every thread",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
     # The port first: a server that cannot listen must not start the data dir's jobs.
     try:
@@ -204,12 +214,22 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_SERVICE
     service = build_service(settings)
     app = create_embedded_app(service)
-    server = create_server(
-        app,
-        sockets=[listening],
+    # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
+    connection_limit = max(100, 2 * args.threads)
+    limits = ServerLimits(
         threads=args.threads,
-        # Every waiter holds a connection too; poll() has no FD_SETSIZE ceiling.
-        connection_limit=max(100, 2 * args.threads),
+        connection_limit=connection_limit,
+        connections_per_client=settings.http_connections_per_client
+        or connection_limit - connection_limit // 8,
+        requests_per_client=client_share,
+        header_timeout_seconds=settings.http_header_timeout_seconds,
+        send_timeout_seconds=settings.http_send_timeout_seconds,
+        idle_timeout_seconds=settings.http_idle_timeout_seconds,
+    )
+    server = create_guarded_server(
+        app,
+        listening,
+        limits,
         asyncore_use_poll=True,
         # Downloads stream through waitress's output buffer: the app thread waits once 4 MiB
         # are queued for a client, and the queue stays in memory instead of spilling each
@@ -237,7 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
     # to 1-2 s after the change in one run of five; at 20 ms each finishes its answer in
     # one go (200 waiters: 0.11-0.16 s in six runs of six; bench wait_fanout_local).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    assert isinstance(server, TcpWSGIServer) and server.socket is not None
+    assert server.socket is not None
     host, port = server.socket.getsockname()[:2]
     where = settings.s3_endpoint or settings.data_dir
     print(f"ocps-jobs serving on http://{host}:{port} ({settings.backend} backend, store {where})")
@@ -299,14 +319,23 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> Any:
     table.add_column("error", overflow="fold")
     for job in jobs:
         table.add_row(
-            job["jobId"],
-            job["runId"],
-            job["phase"],
-            job["creationTime"] or "",
-            job["endTime"] or "",
-            (job["errorSummary"]["message"] or "")[:60],
+            *_plain(
+                job["jobId"],
+                job["runId"],
+                job["phase"],
+                job["creationTime"] or "",
+                job["endTime"] or "",
+                (job["errorSummary"]["message"] or "")[:60],
+            )
         )
     return table
+
+
+def _plain(*values: object) -> list[Any]:
+    """Cells shown as they are: rich markup (``[/x]``, ``[link=…]``) and controls inert."""
+    from rich.text import Text
+
+    return [Text("".join(c if c.isprintable() else "\ufffd" for c in str(v))) for v in values]
 
 
 def _results_table(results: list[dict[str, Any]]) -> Any:
@@ -318,7 +347,7 @@ def _results_table(results: list[dict[str, Any]]) -> Any:
     table.add_column("type", no_wrap=True)
     table.add_column("uri", overflow="fold")
     for item in results:
-        table.add_row(item["id"], str(item["size"]), item["mimeType"], item["uri"])
+        table.add_row(*_plain(item["id"], item["size"], item["mimeType"], item["uri"]))
     return table
 
 
@@ -378,6 +407,7 @@ def _advance(progress: Any, task: Any, done: int, total: int) -> None:
 
 
 def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
+    from rich.markup import escape as markup_escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     if len(args.target) == 32 and all(c in "0123456789abcdef" for c in args.target):
@@ -395,7 +425,7 @@ def _download(client: OCPSClient, args: argparse.Namespace) -> list[str]:
     with Progress(*columns, disable=args.json or not sys.stderr.isatty()) as progress:
         for result_id, folder, item in targets:
             relative = decode_result_id(result_id).relative_path
-            task = progress.add_task(relative, total=None)
+            task = progress.add_task(markup_escape(relative), total=None)
             path = client.download(
                 result_id,
                 folder / relative,

@@ -143,6 +143,9 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     max_concurrent_jobs: int = Field(default_factory=_default_concurrency, ge=1, le=1024)
     abort_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Jobs of the embedded backend run in a bubblewrap sandbox: "auto" when bwrap works
+    # here, "bubblewrap" always (refusing to start without it), "none" never.
+    local_sandbox: Literal["auto", "bubblewrap", "none"] = "auto"
 
     # Object store: the filesystem under data_dir unless an S3 endpoint is configured.
     s3_endpoint: str | None = None
@@ -242,6 +245,22 @@ class Settings(BaseModel):
 
     # UWS: blocking WAIT is capped well under pyvo's 600 s read timeout and proxy timeouts.
     wait_max_seconds: int = Field(default=55, ge=1, le=300)
+    # At most this many WAITs block at once; past it a WAIT answers at once, as WAIT=0
+    # does. The embedded server requires it below its thread count and by default keeps
+    # an eighth of its threads (at least one) for other requests; unset elsewhere = no cap.
+    max_concurrent_waits: int | None = Field(default=None, ge=0, le=100_000)
+
+    # The embedded server (``ocps-jobs serve``) against clients that hold it (README limits):
+    # request headers must arrive within the header timeout of the connection or of the
+    # request's first byte; a response that makes no progress for the send timeout, and a
+    # connection idle between requests for the idle timeout, are closed; one client address
+    # may hold at most ``http_connections_per_client`` connections (default: the connection
+    # limit less an eighth; behind a proxy every client has the proxy's address) and at most
+    # the threads less an eighth at once (its other requests wait for one of those).
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    http_send_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    http_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    http_connections_per_client: int | None = Field(default=None, ge=1, le=100_000)
 
     # Kubernetes: a queued job whose pods cannot start for this long ends error (0 = waits).
     start_timeout_seconds: int = Field(default=0, ge=0, le=30 * 86400)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -49,9 +50,12 @@ from .transitions import (
 )
 from .uploader.manifest import read_manifest_files
 
-__all__ = ["JobLog", "JobPage", "JobService", "ListQuery"]
+__all__ = ["WAIT_SLICE_SECONDS", "JobLog", "JobPage", "JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
+
+# How often a WAIT whose client may hang up checks that it is still there.
+WAIT_SLICE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class JobService:
         self.backend = backend
         self.store = store
         self.events = JobEvents(store)  # job events: log lines and counters, each once
+        waits = settings.max_concurrent_waits
+        self._wait_slots = threading.BoundedSemaphore(max(1, waits)) if waits else None
+        self._waits_lock = threading.Lock()
+        self._waits = 0
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -312,16 +320,38 @@ class JobService:
         return destroyed
 
     def wait_for_job(
-        self, job_id: str, caller: Caller, timeout: float, phase: Phase | None = None
+        self,
+        job_id: str,
+        caller: Caller,
+        timeout: float,
+        phase: Phase | None = None,
+        disconnected: Callable[[], bool] | None = None,
     ) -> JobRecord:
-        """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given)."""
+        """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given).
+
+        At most ``max_concurrent_waits`` block at once; past that a WAIT answers at once
+        (as WAIT=0). With ``disconnected``, the wait also ends within ``WAIT_SLICE_SECONDS``
+        of the client leaving.
+        """
         record = self.get_job(job_id, caller)
         if not may_wait(record, phase):
             return record
         cap = float(self.settings.wait_max_seconds)
         seconds = cap if timeout < 0 else min(timeout, cap)
-        if seconds > 0:
-            self.backend.wait_for_change(job_id, record.phase, seconds)
+        if seconds <= 0 or self.settings.max_concurrent_waits == 0:
+            return record
+        slots = self._wait_slots
+        if slots is not None and not slots.acquire(blocking=False):
+            return record
+        try:
+            with self._waits_lock:
+                self._waits += 1
+            self._wait_on(job_id, record.phase, seconds, disconnected)
+        finally:
+            with self._waits_lock:
+                self._waits -= 1
+            if slots is not None:
+                slots.release()
         return self.get_job(job_id, caller)
 
     # --- logs ----------------------------------------------------------------------------
@@ -392,6 +422,26 @@ class JobService:
                 yield from split_lines(opened.chunks, stream)
             finally:
                 opened.close()
+
+    @property
+    def waits_in_progress(self) -> int:
+        """How many WAITs block now."""
+        with self._waits_lock:
+            return self._waits
+
+    def _wait_on(
+        self, job_id: str, phase: Phase, seconds: float, disconnected: Callable[[], bool] | None
+    ) -> None:
+        """Block until the phase changes or ``seconds`` pass; in slices when watching a client."""
+        if disconnected is None:
+            self.backend.wait_for_change(job_id, phase, seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not disconnected():
+            self.backend.wait_for_change(job_id, phase, min(remaining, WAIT_SLICE_SECONDS))
+            current = self.backend.get(job_id)
+            if current is None or current.phase is not phase:
+                return
 
     # --- results -------------------------------------------------------------------------
 

@@ -6,13 +6,11 @@ each expired job with its results exactly as a DELETE does (no ARCHIVED record i
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -29,21 +27,27 @@ from ..errors import BackendUnavailableError, JobNotFoundError
 from ..jobenv import job_environment
 from ..models import JobRecord, Phase, ResultFile, utcnow
 from ..objectstore import ObjectStore
+from ..objectstore.trees import make_dirs, remove_tree
 from ..observability import metrics
 from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
 from .logs import LogLine, follow_file
 from .records import InMemoryRecords, queue_pending
+from .sandbox import exit_status, find_sandbox, require_isolation, signal_inside
+from .stderr_tail import cap_message, collect_stderr
 
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_LINES = 20
 GIT_TIMEOUT_SECONDS = 600
 # The sweeper wakes at least this often, and whenever a destruction time is set.
 SWEEP_MAX_SLEEP_SECONDS = 3600.0
+# A job whose deletion has begun: the next start finishes it.
+DELETING_SUFFIX = ".deleting"
+# A job whose command succeeded and whose results are uploading: the next start finishes.
+UPLOADING_SUFFIX = ".uploading"
 # Server settings and credentials never reach a job's environment.
 _PRIVATE_ENV_PREFIXES = ("OCPS_", "AWS_")
 
@@ -92,7 +96,7 @@ def _own_data_dir(data_dir: Path) -> int:
 
 
 class LocalBackend(InMemoryRecords):
-    """Runs each job as ``/bin/bash -c <command>`` in its own process group."""
+    """Runs each job as ``/bin/bash -c <command>`` in its own process group (and sandbox)."""
 
     per_replica_logs = False  # the replicas of a job write one log file together
 
@@ -101,8 +105,10 @@ class LocalBackend(InMemoryRecords):
         self.store = store
         self.state_dir = settings.data_dir / "state" / "jobs"
         self.work_dir = settings.data_dir / "work"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir)
+        make_dirs(self.work_dir)
+        self._sandbox = find_sandbox(settings)
+        require_isolation(settings, self._sandbox)
         self._owner = _own_data_dir(settings.data_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -141,8 +147,15 @@ class LocalBackend(InMemoryRecords):
         self._changed.notify_all()
 
     def _recover(self) -> None:
-        """Load records after a restart: queued jobs queue again, running ones failed."""
+        """Load records after a restart: queued jobs queue again, running ones failed.
+
+        One job's trouble (a tree that cannot be removed, a record that cannot be saved) is
+        logged and does not stop the start.
+        """
+        deleted = self._finish_deletions()
         for path in sorted(self.state_dir.glob("*.json")):
+            if path.stem in deleted:
+                continue
             try:
                 record = JobRecord.model_validate_json(path.read_text())
             except (OSError, ValueError) as error:
@@ -150,15 +163,54 @@ class LocalBackend(InMemoryRecords):
                 continue
             self._records[record.job_id] = record
             if record.phase is Phase.EXECUTING:
-                self._stop_orphans(record.job_id)  # before its folder goes: no stray writer
-                record.phase = Phase.ERROR
-                record.end_time = utcnow()
-                record.error_message = "The job manager restarted while the job was running."
-                with self._lock:
-                    self._save(record)
-                shutil.rmtree(self.work_dir / record.job_id, ignore_errors=True)
+                self._stop_orphans(record.job_id)  # before its outputs go: no stray writer
+                self._end_interrupted(record)
             elif record.phase is Phase.QUEUED:
                 self._queue.put(record.job_id)
+
+    def _end_interrupted(self, record: JobRecord) -> None:
+        """End a job the last process left running, its outputs uploaded as an abort's are.
+
+        One whose command had succeeded (its results were uploading) completes; any other
+        ends in error, with what it had written.
+        """
+        job_id = record.job_id
+        succeeded = self._uploading_path(job_id).exists()
+        results = None
+        log_path = self.work_dir / job_id / LOG_RESULT_NAME
+        try:
+            if self.output_dir(job_id).is_dir():
+                extra = {LOG_RESULT_NAME: log_path} if log_path.is_file() else {}
+                manifest = Uploader(self.store, job_id, self.output_dir(job_id)).finish(extra)
+                results = ResultFile.listed(manifest_files(manifest))
+        except Exception:
+            log.exception("uploading the outputs of interrupted job %s failed", job_id)
+        completed = succeeded and results is not None
+        record.phase = Phase.COMPLETED if completed else Phase.ERROR
+        record.end_time = utcnow()
+        record.error_message = (
+            "" if completed else "The job manager restarted while the job was running."
+        )
+        record.results = results or []
+        try:
+            with self._lock:
+                self._save(record)
+            self._archive(record)
+        except Exception:
+            log.exception("recording job %s as ended after a restart", job_id)
+        self._uploading_path(job_id).unlink(missing_ok=True)
+        self._remove_work(job_id)
+
+    def _uploading_path(self, job_id: str) -> Path:
+        """Present while the results of a job whose command succeeded are uploading."""
+        return self.state_dir / f"{job_id}{UPLOADING_SUFFIX}"
+
+    def _remove_work(self, job_id: str) -> None:
+        """Remove a job's work folder, however deep; a failure is logged, never raised."""
+        try:
+            remove_tree(self.work_dir / job_id)
+        except Exception:
+            log.exception("removing the work folder of job %s failed", job_id)
 
     # --- the backend interface -----------------------------------------------------------
 
@@ -219,10 +271,17 @@ class LocalBackend(InMemoryRecords):
             return record.model_copy(deep=True)
 
     def delete(self, job_id: str) -> None:
-        """Stop the job if it runs, forget it and remove its objects."""
+        """Stop the job if it runs, forget it and remove its objects.
+
+        The job is marked deleted first: a deletion cut short (a crash, the store failing
+        half-way) is finished at the next start instead of leaving a job without some of
+        its results.
+        """
         with self._lock:
             self._require(job_id)
-        # Objects first: with the store down this fails (503) and the job is still there.
+            self._deleting_path(job_id).touch()
+        # Objects first: with the store down this fails (503) and the job is still there
+        # (until it is deleted again or the next start finishes the deletion).
         self.store.delete_prefix(job_prefix(job_id))
         with self._lock:
             self._require(job_id)
@@ -236,8 +295,30 @@ class LocalBackend(InMemoryRecords):
                 self._signal_run(run)
             self._changed.notify_all()
         if run is None:
-            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
-        self.store.delete_prefix(job_prefix(job_id))
+            self._remove_work(job_id)
+            self.store.delete_prefix(job_prefix(job_id))
+            self._deleting_path(job_id).unlink(missing_ok=True)
+
+    def _deleting_path(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}{DELETING_SUFFIX}"
+
+    def _finish_deletions(self) -> set[str]:
+        """Finish the deletions a crash cut short; the ids of the jobs they were of."""
+        deleted = set()
+        for marker in sorted(self.state_dir.glob(f"*{DELETING_SUFFIX}")):
+            job_id = marker.name.removesuffix(DELETING_SUFFIX)
+            deleted.add(job_id)
+            try:
+                self._stop_orphans(job_id)
+                self.store.delete_prefix(job_prefix(job_id))
+                self._remove_work(job_id)
+                self._state_path(job_id).unlink(missing_ok=True)
+                marker.unlink()
+            except Exception:
+                log.exception("finishing the deletion of job %s failed", job_id)
+            else:
+                log.warning("finished the deletion of job %s, cut short by a crash", job_id)
+        return deleted
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
         """Set execution duration or destruction time, as the service has checked them."""
@@ -277,6 +358,8 @@ class LocalBackend(InMemoryRecords):
             runs = list(self._runs.values())
         self._sweep_wakeup.set()
         for run in runs:
+            if run.succeeded:  # uploading: finished below, or by the next start
+                continue
             run.abort_reason = run.abort_reason or "The job manager shut down."
             self._signal_run(run, grace=0)
         for _ in self._workers:
@@ -321,7 +404,10 @@ class LocalBackend(InMemoryRecords):
 
     def _signal_run(self, run: _Run, grace: float | None = None) -> None:
         for process in run.processes:
-            _kill_group(process, signal.SIGTERM)
+            if self._sandbox is None:
+                _kill_group(process, signal.SIGTERM)
+            else:
+                signal_inside(process.pid, signal.SIGTERM)
         delay = self.settings.abort_grace_seconds if grace is None else grace
 
         def escalate() -> None:
@@ -333,31 +419,60 @@ class LocalBackend(InMemoryRecords):
         timer.start()
 
     def _work(self) -> None:
+        """A job worker: takes queued jobs one at a time and survives any error of any job."""
         while True:
             job_id = self._queue.get()
             if job_id is None:
                 return
+            try:
+                self._run_queued(job_id)
+            except Exception:  # _run_queued handles its errors; this is the last resort
+                log.exception("job worker: job %s failed outside its error handling", job_id)
+
+    def _run_queued(self, job_id: str) -> None:
+        """Execute one queued job; any error ends the job in ERROR, never the worker."""
+        run: _Run | None = None
+        try:
             with self._lock:
                 record = self._records.get(job_id)
                 if self._closed or record is None or record.phase is not Phase.QUEUED:
-                    continue
+                    return
                 record.phase = Phase.EXECUTING
                 record.start_time = utcnow()
                 run = _Run(job_id)
                 self._runs[job_id] = run
                 self._save(record)
                 snapshot = record.model_copy(deep=True)
-            try:
-                self._execute(snapshot, run)
-            except Exception as error:  # a bug must not kill the worker thread
-                log.exception("job %s failed in the executor", job_id)
-                self._finish(job_id, run, Phase.ERROR, f"Internal error running the job: {error}")
+            self._execute(snapshot, run)
+        except Exception as error:
+            log.exception("job %s failed in the executor", job_id)
+            self._fail(job_id, run, f"Internal error running the job: {error}")
+
+    def _fail(self, job_id: str, run: _Run | None, message: str) -> None:
+        """End a job in ERROR after an internal error, as far as the failing parts allow."""
+        run = run or _Run(job_id)
+        for process in run.processes:
+            _kill_group(process, signal.SIGKILL)
+        try:
+            self._finish(job_id, run, Phase.ERROR, message)
+            return
+        except Exception:
+            log.exception("recording the failure of job %s failed", job_id)
+        with self._lock:  # the record in memory at least ends; the file may say otherwise
+            self._runs.pop(job_id, None)
+            record = self._records.get(job_id)
+            if record is not None and not record.is_final:
+                record.phase = Phase.ERROR
+                record.end_time = utcnow()
+                record.error_message = cap_message(message)
+            self._changed.notify_all()
+        self._remove_work(job_id)
 
     def _execute(self, record: JobRecord, run: _Run) -> None:
         job_id = record.job_id
         root = self.work_dir / job_id
         output_dir = self.output_dir(job_id)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(output_dir)
         log_path = root / LOG_RESULT_NAME
         environment = _base_environment()
         environment.update({entry.name: entry.value for entry in record.environment})
@@ -381,6 +496,8 @@ class LocalBackend(InMemoryRecords):
             run.timer.cancel()
         with self._lock:
             run.succeeded = message is None and run.abort_reason is None
+        if run.succeeded:  # a stop now lets the upload finish, or the next start does
+            self._uploading_path(job_id).touch()
         if run.deleted:
             self._finish(job_id, run, Phase.ABORTED, run.abort_reason or "")
             return
@@ -413,6 +530,8 @@ class LocalBackend(InMemoryRecords):
         with self._lock:
             if run.abort_reason is not None:
                 raise _Aborted
+            if self._sandbox is not None:
+                argv = self._sandbox.wrap(argv, self.work_dir / run.job_id, cwd)
             process = subprocess.Popen(
                 argv,
                 env=environment,
@@ -450,21 +569,23 @@ class LocalBackend(InMemoryRecords):
             )
         for argv in steps:
             try:
-                process = self._spawn(run, argv, git_environment, self.work_dir, log_file)
+                process = self._spawn(
+                    run, argv, git_environment, self.work_dir / record.job_id, log_file
+                )
             except _Aborted:
                 return None
-            tail = _collect_stderr(process, log_file)
+            tail = collect_stderr(process, log_file)
             try:
                 code = process.wait(timeout=GIT_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 _kill_group(process, signal.SIGKILL)
                 code = process.wait()
-                tail.append(f"timed out after {GIT_TIMEOUT_SECONDS} s")
+                tail.note(f"timed out after {GIT_TIMEOUT_SECONDS} s")
             tail.join()
             if code != 0:
                 action = "clone of" if argv[3] == "clone" else "checkout in"
                 what = url if argv[3] == "clone" else f"{url} of {record.parameters.commit_ref!r}"
-                detail = "\n".join(tail).strip() or f"git exited with code {code}"
+                detail = tail.text() or f"git exited with code {code}"
                 return f"git {action} {what} failed: {detail}"
         return None
 
@@ -506,17 +627,19 @@ class LocalBackend(InMemoryRecords):
                 process = self._spawn(run, argv, replica_environment, cwd, log_file)
             except _Aborted:
                 break
-            replicas.append((process, _collect_stderr(process, log_file)))
+            replicas.append((process, collect_stderr(process, log_file)))
         failures = []
         for process, tail in replicas:
             code = process.wait()
+            if self._sandbox is not None:
+                code = exit_status(code)
             # What the command left behind ends with it, as in a container: otherwise a
             # bash killed from outside leaves children holding stderr and the job running.
             _kill_group(process, signal.SIGKILL)
             tail.join()
             if code != 0:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                stderr = "\n".join(tail).strip()
+                stderr = tail.text()
                 failures.append(f"Command {how}" + (f": {stderr}" if stderr else ""))
         return failures[0] if failures else None
 
@@ -571,14 +694,16 @@ class LocalBackend(InMemoryRecords):
             if record is not None and not run.deleted:
                 record.phase = phase
                 record.end_time = utcnow()
-                record.error_message = message
+                record.error_message = cap_message(message)
                 record.results = results or []
                 self._save(record)
                 self._archive(record)
             self._changed.notify_all()
-        shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        self._uploading_path(job_id).unlink(missing_ok=True)  # after the final record
+        self._remove_work(job_id)
         if run.deleted:
             self.store.delete_prefix(job_prefix(job_id))
+            self._deleting_path(job_id).unlink(missing_ok=True)
 
     def _archive(self, record: JobRecord) -> None:
         """Keep the final record beside the outputs (DESIGN section 6)."""
@@ -602,32 +727,6 @@ class LocalBackend(InMemoryRecords):
 
 class _Aborted(Exception):
     """The job was aborted before this process could start."""
-
-
-class _StderrTail(collections.deque[str]):
-    """The last lines a process wrote to stderr, collected by a thread that also logs them."""
-
-    thread: threading.Thread
-
-    def join(self) -> None:
-        self.thread.join()
-
-
-def _collect_stderr(process: subprocess.Popen[bytes], log_file: IO[bytes]) -> _StderrTail:
-    tail = _StderrTail(maxlen=STDERR_TAIL_LINES)
-    stream = process.stderr
-    assert stream is not None
-
-    def pump() -> None:
-        for line in stream:
-            log_file.write(line)
-            log_file.flush()
-            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
-        stream.close()
-
-    tail.thread = threading.Thread(target=pump, daemon=True)
-    tail.thread.start()
-    return tail
 
 
 def _base_environment() -> dict[str, str]:

@@ -42,6 +42,7 @@ from .parsing import (
     validation_message,
 )
 from .routing import Context, Route
+from .server import CLIENT_DISCONNECTED_KEY
 from .uws_xml import (
     ENV_ENTRY,
     job_document,
@@ -229,7 +230,11 @@ def _job_xml(ctx: Context, job_id: str, wait: bool = False) -> Response:
         timeout = _wait_seconds(_required(params, "wait"))
         guard = _one(params, "phase")
         record = service.wait_for_job(
-            job_id, ctx.caller, timeout, parse_phase(guard) if guard is not None else None
+            job_id,
+            ctx.caller,
+            timeout,
+            parse_phase(guard) if guard is not None else None,
+            disconnected=ctx.request.environ.get(CLIENT_DISCONNECTED_KEY),
         )
     else:
         record = service.get_job(job_id, ctx.caller)

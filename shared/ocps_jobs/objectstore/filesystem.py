@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -13,8 +14,11 @@ from typing import BinaryIO
 
 from ..errors import BackendUnavailableError
 from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
+from .trees import make_dirs, remove_tree, walk_files
 
 __all__ = ["FilesystemStore"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -35,11 +39,11 @@ class FilesystemStore:
 
     def ensure_ready(self) -> None:
         """Create the root folder."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
 
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         try:
             with os.fdopen(handle, "wb") as out:
@@ -102,12 +106,11 @@ class FilesystemStore:
         if not base.is_dir():
             return []
         found = []
-        for folder, _dirs, files in os.walk(base):
-            for name in files:
-                if name.startswith(".upload-"):
-                    continue
-                path = Path(folder) / name
-                key = path.relative_to(self.root).as_posix()
+        for path in walk_files(base):
+            if path.name.startswith(".upload-"):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            with contextlib.suppress(FileNotFoundError):
                 found.append(ObjectInfo(key, path.stat().st_size, guess_content_type(key)))
         return sorted(found, key=lambda info: info.key)
 
@@ -148,10 +151,13 @@ class FilesystemStore:
     def delete_prefix(self, prefix: str) -> None:
         """Remove a folder of objects, or the one object the prefix names."""
         path = self._path(prefix.rstrip("/"))
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            return
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                return
+            remove_tree(path)
+        except OSError as error:
+            log.warning("removing objects under %s failed: %s", prefix, error)
 
     def uri(self, key: str) -> str:
         """A ``file://`` URI of the object."""
