@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
@@ -55,5 +56,12 @@ def headless_chromium(downloads: Path, width: int = 1280, height: int = 900) -> 
 def wait_for(
     browser: webdriver.Chrome, condition: Callable[[webdriver.Chrome], Any], timeout: float = 30
 ) -> Any:
-    """What ``condition`` returns once it is truthy, polled in the test (not the page)."""
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)
+    """What ``condition`` returns once it is truthy, polled in the test (not the page).
+
+    An element the page replaced while the condition read it (the live table re-renders)
+    is asked again at the next poll.
+    """
+    wait = WebDriverWait(
+        browser, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(condition)

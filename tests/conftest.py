@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ from functions_framework import create_app
 from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
 from ocps_jobs.http import create_embedded_app
+from ocps_jobs.observability.logs import reset_logging
 from ocps_jobs.service import JobService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +29,18 @@ S3_SECRET_KEY = "ocps-test-secret"
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No OCPS_* settings leak in from the developer's shell; services are closed after."""
+    """No OCPS_* settings leak in from the developer's shell; services and logging undone after."""
     for name in list(os.environ):
         if name.startswith(("OCPS_", "UWS_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    root_level = logging.getLogger().level
     yield
     close_services()
+    # An in-process serve or function start configured logging: undo it, so that its lines
+    # do not land in a later test's captured stdout.
+    reset_logging()
+    logging.getLogger().setLevel(root_level)
 
 
 @pytest.fixture

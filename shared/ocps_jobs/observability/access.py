@@ -52,9 +52,12 @@ def answer_logged(
         response = answer(request)
     response.headers[REQUEST_ID_HEADER] = request_id
     first_byte = time.perf_counter() - started
+    status, length = response.status_code, response.content_length
 
     def finish() -> None:
-        _record(function, request, response, notes, request_id, started, first_byte)
+        # Not the response itself: held by its own close callbacks, it would be a cycle
+        # that keeps an unread download's open file until the garbage collector runs.
+        _record(function, request, status, length, notes, request_id, started, first_byte)
 
     if response.is_streamed:
         response.call_on_close(finish)
@@ -66,13 +69,13 @@ def answer_logged(
 def _record(
     function: str,
     request: Request,
-    response: Response,
+    status: int,
+    length: int | None,
     notes: RequestNotes,
     request_id: str,
     started: float,
     first_byte: float,
 ) -> None:
-    status = response.status_code
     route = notes.route or UNMATCHED_ROUTE
     metrics.HTTP_REQUESTS.labels(function, route, request.method, str(status)).inc()
     metrics.HTTP_REQUEST_SECONDS.labels(function, route, request.method).observe(first_byte)
@@ -92,7 +95,7 @@ def _record(
         "route": route,
         "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        "bytes": response.content_length,
+        "bytes": length,
         "user": notes.user or None,  # None: anonymous
         "job_id": notes.job_id,
         "remote_addr": request.remote_addr,

@@ -29,6 +29,7 @@ __all__ = [
     "current_request_id",
     "flush_logging",
     "request_id_scope",
+    "reset_logging",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -148,6 +149,15 @@ def flush_logging() -> None:
     """Return once every record logged so far has been written."""
     if _handler is not None:
         _handler.flush()
+
+
+def reset_logging() -> None:
+    """Undo ``configure_logging``: its handler written out, closed and removed."""
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME:
+            root.removeHandler(existing)
+    _close_handler()
 
 
 def _close_handler() -> None:
