@@ -22,7 +22,8 @@ from ocps_jobs.composition import build_service, build_store
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.http.web import ABORT_HEADER
 from ocps_jobs.http.webpages import JOBS_PER_PAGE, LOG_TAIL_BYTES
-from ocps_jobs.service import JobService
+from ocps_jobs.models import Caller
+from ocps_jobs.service import JobPage, JobService, ListQuery
 from tests.helpers import wait_for_phase
 from tests.test_isolation import (
     ADMIN_HEADER,
@@ -165,14 +166,36 @@ def test_abort_refuses_anything_but_the_pages_own_request(site: Site) -> None:
     assert finished.status_code == 409
 
 
-def test_filters_and_pages(site: Site) -> None:
+def next_page(html: str) -> str | None:
+    found = re.search(r'<a rel="next" href="([^"]+)"', html)
+    return found[1].replace("&amp;", "&") if found else None
+
+
+def test_filters_and_pages(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [site.pending(BOB_HEADER, f"page-run-{n:02d}") for n in range(JOBS_PER_PAGE + 2)]
+    asked: list[int | None] = []
+    list_page = site.service.list_page
+
+    def recorded(caller: Caller, query: ListQuery) -> JobPage:
+        asked.append(query.limit)
+        return list_page(caller, query)
+
+    monkeypatch.setattr(site.service, "list_page", recorded)
     first = site.client.get("/?phase=pending&run_id=page-run-", headers=BOB_HEADER).text
     shown = re.findall(r'data-job-id="([0-9a-f]{32})"', first)
-    assert "page 1 of 2" in first and 'rel="next"' in first
-    second = site.client.get("/?phase=pending&run_id=page-run-&page=2", headers=BOB_HEADER).text
+    assert len(shown) == JOBS_PER_PAGE and f"{JOBS_PER_PAGE} jobs; more on the next" in first
+    # The service's pages are read, never the whole list: the one filter it does not know
+    # (the run id's part) reads one page on, to find whether another page follows.
+    assert asked == [JOBS_PER_PAGE, JOBS_PER_PAGE]
+    older = next_page(first)
+    assert older is not None and "cursor=" in older and "run_id=page-run-" in older
+    second = site.client.get(older, headers=BOB_HEADER).text
     shown += re.findall(r'data-job-id="([0-9a-f]{32})"', second)
+    assert next_page(second) is None and 'rel="first" href="/?phase=pending&amp;run_id=' in second
     assert len(shown) == len(ids) and set(shown) == set(ids)
+    asked.clear()
+    unfiltered = site.client.get("/?phase=pending", headers=BOB_HEADER).text
+    assert asked == [JOBS_PER_PAGE] and next_page(unfiltered) is not None
     created = {job_id: site.service.backend.get(job_id).creation_time for job_id in ids}
     times = [created[job_id] for job_id in shown]
     assert times == sorted(times, reverse=True)  # newest first, across the pages
@@ -187,6 +210,8 @@ def test_filters_and_pages(site: Site) -> None:
     bad = site.client.get("/?phase=running", headers=BOB_HEADER)
     assert bad.status_code == 400 and bad.mimetype == "text/html"
     assert b"Unknown phase" in bad.data
+    forged = site.client.get("/?cursor=not-a-cursor", headers=BOB_HEADER)
+    assert forged.status_code == 400 and b"cursor" in forged.data
 
 
 def test_the_log_tail_is_the_end_of_a_long_log(site: Site) -> None:
@@ -201,6 +226,36 @@ def test_the_log_tail_is_the_end_of_a_long_log(site: Site) -> None:
     assert len(text.encode()) <= LOG_TAIL_BYTES
     assert text.split("\n", 1)[0].isdigit()  # ... at a whole line
     assert f"The last {LOG_TAIL_BYTES // 1024} KiB" in html
+
+
+def test_a_running_jobs_page_has_its_log_so_far_and_follows_the_api(site: Site) -> None:
+    flag = site.service.settings.data_dir / "running-log-flag"
+    command = f"echo first-line; echo '<b>bold</b>'; while [ ! -e {flag} ]; do sleep 0.1; done"
+    job_id = site.create(ALICE, command, run_id="running-log")
+    wait_for_phase(lambda: site.phase(job_id, ALICE), {"executing"})
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            html = site.client.get(f"/web/jobs/{job_id}", headers=ALICE).text
+            log = re.search(r'<pre class="log" id="log"([^>]*)>(.*?)</pre>', html, re.S)
+            assert log is not None
+            if "first-line" in log[2] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert log[2] == "first-line\n&lt;b&gt;bold&lt;/b&gt;\n"  # escaped, as every value
+        follow = re.search(r'data-follow="([^"]+)"', log[1])
+        assert follow is not None
+        url = follow[1].replace("&amp;", "&")
+        assert url.startswith(f"/api/v1/job/{job_id}/log?") and "follow=true" in url
+        # What the script reads is the API's own log: bob may not follow alice's.
+        assert site.client.get(url, headers=BOB_HEADER).status_code == 404
+        done = site.client.get(url.replace("follow=true", "follow=false"), headers=ALICE)
+        assert done.status_code == 200 and done.text.startswith("first-line\n")
+    finally:
+        flag.touch()
+    site.finish(job_id, ALICE)
+    ended = site.client.get(f"/web/jobs/{job_id}", headers=ALICE).text
+    assert "data-follow" not in ended and "first-line" in ended
 
 
 @pytest.fixture
@@ -232,7 +287,7 @@ def test_the_table_long_poll_answers_when_a_job_appears(quick: FlaskClient) -> N
     thread.join()
     assert change.status_code == 200
     body = change.get_json()
-    assert body["fingerprint"] != since[1] and body["total"] == 1
+    assert body["fingerprint"] != since[1] and body["count"] == 1
     assert f'data-job-id="{created[0]}"' in body["html"]
 
 

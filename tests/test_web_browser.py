@@ -1,8 +1,8 @@
 """The web view in a real browser: headless Chromium against ``ocps-jobs serve``.
 
-The jobs table updates itself while jobs run, a failed job's page shows its error and log,
-a result downloads, the Abort button aborts, injected markup never runs, and the pages fit
-a phone's width.
+The jobs table updates itself while jobs run, a running job's log is followed live, a
+failed job's page shows its error and log, a result downloads, the Abort button aborts,
+injected markup (in fields and in the log) never runs, and the pages fit a phone's width.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
+from ocps_jobs.http.webpages import LOG_TAIL_BYTES
 from tests.browser import headless_chromium, wait_for
 from tests.chaos import ServeProcess
 from tests.helpers import wait_for_phase
@@ -143,6 +144,93 @@ def test_the_abort_button_aborts_a_running_job(
     assert not browser.find_elements(By.ID, "abort")  # an aborted job has no button
 
 
+LOG_INJECTED = "<script>window.injected='log'</script>"
+LOG_INJECTED_IMG = "<img src=x onerror=window.injected=3>"
+
+
+def log_text(browser: webdriver.Chrome) -> str:
+    return str(browser.execute_script("return document.getElementById('log').textContent"))
+
+
+def test_a_running_jobs_log_is_followed_live(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    """Lines printed after the page loaded appear without a reload, markup as text.
+
+    The service's wait cap is 2 s, so the follow ends and is asked again (``skip=``) while
+    the job waits: the lines before the reconnect are not shown twice.
+    """
+    server = ServeProcess(tmp_path / "data", env={"OCPS_WAIT_MAX_SECONDS": "2"}).start()
+    printed, finish = tmp_path / "print-now", tmp_path / "finish-now"
+    try:
+        job_id = submit(
+            server,
+            command=(
+                "echo before-the-page-loaded; "
+                f"while [ ! -e {printed} ]; do sleep 0.1; done; "
+                "echo printed-after-the-page-loaded; "
+                f"echo \"{LOG_INJECTED}\"; echo '{LOG_INJECTED_IMG}'; "
+                f"while [ ! -e {finish} ]; do sleep 0.1; done; echo the-last-line"
+            ),
+            run_id="live-log",
+        )
+        wait_for_phase(lambda: api_phase(server, job_id), {"executing"})
+        browser.get(f"{server.url}/web/jobs/{job_id}")
+        browser.execute_script("window.sameDocument = 'still here'")
+        wait_for(browser, lambda b: "before-the-page-loaded" in log_text(b), timeout=15)
+        time.sleep(3)  # past the wait cap: the follow has ended and been asked again
+        printed.touch()
+        wait_for(browser, lambda b: LOG_INJECTED_IMG in log_text(b), timeout=15)
+        assert api_phase(server, job_id) == "executing"  # shown live, not from the stored log
+        assert browser.execute_script("return window.sameDocument") == "still here"
+        text = log_text(browser)
+        assert text.count("before-the-page-loaded") == 1, text
+        assert text.index("before-the") < text.index("printed-after") < text.index(LOG_INJECTED)
+        time.sleep(0.3)
+        assert browser.execute_script("return window.injected") is None
+        assert not browser.find_elements(By.CSS_SELECTOR, "#log *, main img, main script")
+        assert (
+            browser.execute_script("return document.getElementById('log').childNodes.length") == 1
+        )
+        finish.touch()
+        shown = "return document.getElementById('job-phase').textContent"
+        wait_for(browser, lambda b: b.execute_script(shown) == "completed", timeout=30)
+        wait_for(browser, lambda b: "the-last-line" in log_text(b), timeout=15)
+        text = log_text(browser)
+        assert text.count("printed-after-the-page-loaded") == 1, text
+        assert browser.execute_script("return window.injected") is None
+        assert browser.execute_script("return window.sameDocument") == "still here"
+    finally:
+        printed.touch()
+        finish.touch()
+        server.stop()
+
+
+def test_a_followed_log_keeps_only_its_end_in_the_page(
+    server: ServeProcess, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    burst, finish = tmp_path / "burst-now", tmp_path / "finish-now"
+    job_id = submit(
+        server,
+        command=(
+            f"echo first-of-all; while [ ! -e {burst} ]; do sleep 0.1; done; "
+            f"seq 1 40000; echo end-of-burst; while [ ! -e {finish} ]; do sleep 0.1; done"
+        ),
+        run_id="log-burst",
+    )
+    try:
+        wait_for_phase(lambda: api_phase(server, job_id), {"executing"})
+        browser.get(f"{server.url}/web/jobs/{job_id}")
+        wait_for(browser, lambda b: "first-of-all" in log_text(b), timeout=15)
+        burst.touch()
+        wait_for(browser, lambda b: "end-of-burst" in log_text(b), timeout=30)
+        text = log_text(browser)
+        assert len(text) <= LOG_TAIL_BYTES and "first-of-all" not in text
+        assert text.split("\n", 1)[0].isdigit()  # cut at a whole line
+        assert text.endswith("40000\nend-of-burst\n")
+    finally:
+        burst.touch()
+        finish.touch()
+
+
 INJECTED = "<script>window.injected = 'run id'</script>"
 INJECTED_ERROR = '<img src=x onerror="window.injected=2">'
 INJECTED_FILE = "<svg onload=window.injected=1>.txt"
@@ -154,7 +242,8 @@ def test_markup_in_a_jobs_fields_is_shown_as_text_and_never_runs(
     job_id = submit(
         server,
         command=(
-            f"echo x > $JOB_OUTPUT_DIR/'{INJECTED_FILE}'; "
+            f"echo x > $JOB_OUTPUT_DIR/'{INJECTED_FILE}'; echo \"{LOG_INJECTED}\"; "
+            f"echo '{LOG_INJECTED_IMG}'; "
             f"echo '{INJECTED_ERROR}' >&2; exit 1 # <script>window.injected='command'</script>"
         ),
         run_id=INJECTED,
@@ -177,6 +266,7 @@ def test_markup_in_a_jobs_fields_is_shown_as_text_and_never_runs(
     text = browser.find_element(By.TAG_NAME, "body").text
     assert INJECTED_ERROR in browser.find_element(By.ID, "error-summary").text
     assert INJECTED_FILE in text
+    assert LOG_INJECTED in log_text(browser) and LOG_INJECTED_IMG in log_text(browser)
     assert "<script>window.injected='env'</script>" in text
     assert "<script>window.injected='command'</script>" in text
 

@@ -1,16 +1,19 @@
 """The web view in headless Chromium on the Kubernetes backend (test control plane, KWOK).
 
-The jobs table follows a Job from the watch without a reload, a failed job's page shows
-its error and the log its uploader stored, a result downloads, and Abort stops a job.
+The jobs table follows a Job from the watch without a reload, a running job's page follows
+its pod's log (KWOK's ``pods/log``) live, a failed job's page shows its error and the log
+its uploader stored, a result downloads, and Abort stops a job.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from waitress.server import create_server
@@ -20,6 +23,7 @@ from ocps_jobs.models import Caller, JobRequest, Phase
 from ocps_jobs.service import JobService
 from ocps_jobs.uploader.upload import Uploader
 from tests.browser import headless_chromium, wait_for
+from tests.cluster.test_cluster_logs import cri_lines, pods_of, serve_log
 from tests.helpers import wait_until
 
 ANYONE = Caller()
@@ -123,3 +127,42 @@ def test_the_abort_button_stops_a_kubernetes_job(
     shown = "return document.getElementById('job-phase').textContent"
     wait_for(browser, lambda b: b.execute_script(shown) == "aborted", timeout=60)
     assert service.get_job(record.job_id, ANYONE).phase is Phase.ABORTED
+
+
+def test_a_running_pods_log_is_followed_live_in_the_browser(
+    make_cluster_service: Callable[..., JobService],
+    serve: Callable[[JobService], Served],
+    browser: webdriver.Chrome,
+    namespace: str,
+    kube: k8s.ApiClient,
+    tmp_path: Path,
+) -> None:
+    # A 2 s wait cap: the page's follow ends and is asked again (skip=) while the pod runs.
+    service = make_cluster_service(
+        pod_annotations={"ocps.test/run-seconds": "120"}, wait_max_seconds=2
+    )
+    served = serve(service)
+    record = service.create_job(JobRequest(command="echo simulated", run_id="live-pod"), ANYONE)
+    job_id = record.job_id
+    (pod,) = wait_until(lambda: pods_of(kube, namespace, job_id))
+    log_file = tmp_path / "pod.log"
+    log_file.write_text(cri_lines("before the page loaded"))
+    serve_log(kube, namespace, pod.metadata.name, log_file)
+    wait_until(lambda: service.get_job(job_id, ANYONE).phase is Phase.EXECUTING)
+    browser.get(f"{served.url}/web/jobs/{job_id}")
+    browser.execute_script("window.sameDocument = 'still here'")
+    shown = "return document.getElementById('log').textContent"
+    wait_for(browser, lambda b: "before the page loaded" in b.execute_script(shown), timeout=30)
+    time.sleep(3)  # past the wait cap
+    injected = "<img src=x onerror=window.injected=1>"
+    with open(log_file, "a") as appended:
+        appended.write(cri_lines("after the page loaded", injected))
+    wait_for(browser, lambda b: injected in b.execute_script(shown), timeout=30)
+    text = browser.execute_script(shown)
+    assert text.count("before the page loaded") == 1, text
+    assert text.index("before the page") < text.index("after the page")
+    assert service.get_job(job_id, ANYONE).phase is Phase.EXECUTING
+    assert browser.execute_script("return window.sameDocument") == "still here"
+    assert browser.execute_script("return window.injected") is None
+    assert not browser.find_elements(By.CSS_SELECTOR, "#log *, main img")
+    service.abort_job(job_id, ANYONE)

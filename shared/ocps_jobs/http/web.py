@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import Response
 
 from ..errors import InvalidRequestError, JobNotFoundError, OCPSError, RouteNotFoundError
-from ..models import FINAL_PHASES, JobRecord, Phase
+from ..models import FINAL_PHASES, JobRecord, LogQuery, Phase
+from ..objectstore.history import sort_key
 from ..service import ListQuery
 from ..transitions import WAITABLE_PHASES
 from .json_api import API
-from .parsing import parse_natural
+from .logs import LOG_ROUTES
 from .routing import Context, Route
 from .webpages import (
     JOBS_PER_PAGE,
     LOG_TAIL_BYTES,
+    LOG_TAIL_LINES,
     JobFilters,
     duration_text,
     fingerprint,
@@ -42,6 +46,7 @@ __all__ = [
     "WEB",
     "WEB_CREATE_JOB_ROUTES",
     "WEB_QUERY_JOB_ROUTES",
+    "log_follow_url",
 ]
 
 WEB = "/web"
@@ -111,34 +116,51 @@ def _filters(ctx: Context) -> JobFilters:
             ) from None
         if created_after.tzinfo is None:
             created_after = created_after.replace(tzinfo=UTC)  # the form says UTC
-    page = parse_natural(args.get("page", "1")) or 1
     return JobFilters(
-        phase=phase, run_id=args.get("run_id", "")[:255], created_after=created_after, page=page
+        phase=phase,
+        run_id=args.get("run_id", "")[:255],
+        created_after=created_after,
+        cursor=args.get("cursor", "")[:80],
     )
+
+
+def _page_of_jobs(ctx: Context, filters: JobFilters) -> tuple[list[JobRecord], str | None]:
+    """One page of the table, newest first, from the service's own pages: never the whole list.
+
+    The run id filter (a substring) is not one the service knows: pages are read on until
+    enough jobs match, or the list ends. The cursor names the last job shown.
+    """
+    query = ListQuery(
+        phases=frozenset({filters.phase}) if filters.phase else None,
+        after=filters.created_after,
+        limit=JOBS_PER_PAGE,
+        cursor=filters.cursor or None,
+    )
+    page = ctx.service.list_page(ctx.caller, query)
+    if not filters.run_id:
+        return page.records, page.next_cursor
+    shown = [record for record in page.records if filters.matches(record)]
+    while len(shown) <= JOBS_PER_PAGE and page.next_cursor is not None:
+        page = ctx.service.list_page(ctx.caller, replace(query, cursor=page.next_cursor))
+        shown += [record for record in page.records if filters.matches(record)]
+    if len(shown) <= JOBS_PER_PAGE:
+        return shown, None
+    shown = shown[:JOBS_PER_PAGE]
+    return shown, sort_key(shown[-1].creation_time, shown[-1].job_id)
 
 
 def _table(ctx: Context, filters: JobFilters) -> dict[str, Any]:
     """The values of one page of the table: newest first, filtered."""
-    query = ListQuery(
-        phases=frozenset({filters.phase}) if filters.phase else None,
-        after=filters.created_after,
-    )
-    records = [r for r in ctx.service.list_jobs(ctx.caller, query) if filters.matches(r)]
-    records.reverse()
-    total = len(records)
-    pages = max(1, -(-total // JOBS_PER_PAGE))
-    page = min(filters.page, pages)
-    shown = records[(page - 1) * JOBS_PER_PAGE : page * JOBS_PER_PAGE]
+    shown, next_cursor = _page_of_jobs(ctx, filters)
     now = _now()
     rows = [job_row(record, now) for record in shown]
     return {
         "rows": rows,
         "active": [r for r in shown if r.phase in WAITABLE_PHASES],
-        "total": total,
-        "page": page,
-        "pages": pages,
+        "count": len(rows),
+        "next_cursor": next_cursor,
         "filters": filters,
-        "fingerprint": fingerprint(rows, total),
+        "fingerprint": fingerprint(rows, next_cursor is not None),
         "phases": list(Phase),
         "web": WEB,
     }
@@ -175,7 +197,7 @@ def jobs_changes(ctx: Context) -> Response:
         if table["fingerprint"] != since:
             html = render_page("job_rows.html", **table)
             return _json(
-                {"fingerprint": table["fingerprint"], "html": html, "total": table["total"]}
+                {"fingerprint": table["fingerprint"], "html": html, "count": table["count"]}
             )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -210,9 +232,33 @@ def _log_tail(ctx: Context, record: JobRecord, results: list[Any]) -> tuple[str,
     return text, start > 0
 
 
+def _live_log_tail(ctx: Context, record: JobRecord) -> tuple[str, bool] | None:
+    """A running job's log so far (its last lines, at most LOG_TAIL_BYTES), and whether cut."""
+    try:
+        log = ctx.service.job_log(record.job_id, ctx.caller, LogQuery(tail=LOG_TAIL_LINES))
+        kept: deque[str] = deque()
+        size, cut = 0, any(log.skipped)
+        for line in log.lines:
+            kept.append(line)
+            size += len(line.encode())
+            while size > LOG_TAIL_BYTES and kept:
+                size -= len(kept.popleft().encode())
+                cut = True
+    except OCPSError:
+        return None
+    return "".join(kept), cut
+
+
+def log_follow_url(job_id: str) -> str:
+    """Where the page's script follows a running job's log: its tail, then as it grows."""
+    path = LOG_ROUTES[0].template.format(job_id=job_id)
+    return f"{path}?{urlencode(LogQuery(tail=LOG_TAIL_LINES, follow=True).query_parameters())}"
+
+
 def _job_values(ctx: Context, record: JobRecord) -> dict[str, Any]:
     results = ctx.service.results_of(record)
-    tail = _log_tail(ctx, record, results)
+    waiting = record.phase in WAITABLE_PHASES
+    tail = _live_log_tail(ctx, record) if waiting else _log_tail(ctx, record, results)
     return {
         "job": record,
         "row": job_row(record, _now()),
@@ -227,8 +273,10 @@ def _job_values(ctx: Context, record: JobRecord) -> dict[str, Any]:
         "log": tail[0] if tail else None,
         "log_cut": bool(tail and tail[1]),
         "log_tail_kib": LOG_TAIL_BYTES // 1024,
+        "log_tail_bytes": LOG_TAIL_BYTES,
+        "log_follow": log_follow_url(record.job_id) if waiting else None,
         "abortable": record.phase not in FINAL_PHASES,
-        "waiting": record.phase in WAITABLE_PHASES,
+        "waiting": waiting,
         "abort_header": ABORT_HEADER,
         "web": WEB,
     }

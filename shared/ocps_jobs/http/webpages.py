@@ -21,6 +21,7 @@ from ..resultids import encode_result_id
 __all__ = [
     "JOBS_PER_PAGE",
     "LOG_TAIL_BYTES",
+    "LOG_TAIL_LINES",
     "JobFilters",
     "JobRow",
     "ResultRow",
@@ -34,7 +35,8 @@ __all__ = [
 ]
 
 JOBS_PER_PAGE = 50
-LOG_TAIL_BYTES = 64 * 1024
+LOG_TAIL_BYTES = 64 * 1024  # the most of a log a page holds, served or followed
+LOG_TAIL_LINES = 1000  # a running job's page starts from its log's last lines
 FIRST_LINE_LENGTH = 200
 
 _TEMPLATES = "web_templates"
@@ -99,12 +101,12 @@ def first_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class JobFilters:
-    """The jobs table's filters and page, as the query string carries them."""
+    """The jobs table's filters and page (the cursor of the list), as the query string has them."""
 
     phase: Phase | None = None
     run_id: str = ""
     created_after: datetime | None = None
-    page: int = 1
+    cursor: str = ""  # the page after this job's place (the service's list cursor); "" first
 
     def query(self, **changes: Any) -> str:
         """The query string of these filters with ``changes`` (e.g. another page)."""
@@ -114,10 +116,10 @@ class JobFilters:
             "created_after": (
                 self.created_after.strftime("%Y-%m-%dT%H:%M:%S") if self.created_after else ""
             ),
-            "page": str(self.page) if self.page > 1 else "",
+            "cursor": self.cursor,
         }
         values.update({key: str(value) for key, value in changes.items()})
-        kept = {key: value for key, value in values.items() if value and value != "1"}
+        kept = {key: value for key, value in values.items() if value}
         return urlencode(kept)
 
     def matches(self, record: JobRecord) -> bool:
@@ -155,9 +157,9 @@ def job_row(record: JobRecord, now: datetime) -> JobRow:
     )
 
 
-def fingerprint(rows: Sequence[JobRow], total: int) -> str:
+def fingerprint(rows: Sequence[JobRow], more: bool) -> str:
     """A short digest of what a table shows: changes when a job appears or changes phase."""
-    digest = hashlib.sha256(str(total).encode())
+    digest = hashlib.sha256(b"more" if more else b"last")
     for row in rows:
         digest.update(f"|{row.job_id}:{row.phase}:{row.started}:{row.ended}".encode())
     return digest.hexdigest()[:20]
