@@ -229,7 +229,8 @@ def test_the_log_tail_is_the_end_of_a_long_log(site: Site) -> None:
 
 
 def test_a_running_jobs_page_has_its_log_so_far_and_follows_the_api(site: Site) -> None:
-    flag = site.service.settings.data_dir / "running-log-flag"
+    # Beside the data folder, not in it: jobs run sandboxed, without sight of the data folder.
+    flag = site.service.settings.data_dir.parent / "running-log-flag"
     command = f"echo first-line; echo '<b>bold</b>'; while [ ! -e {flag} ]; do sleep 0.1; done"
     job_id = site.create(ALICE, command, run_id="running-log")
     wait_for_phase(lambda: site.phase(job_id, ALICE), {"executing"})
