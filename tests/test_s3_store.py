@@ -140,12 +140,20 @@ def test_large_file_goes_multipart_in_one_read_with_its_checksum(
     source.write_bytes(data)
     store = S3Store(bucket, s3_endpoint, max_concurrency=2)
     store.ensure_ready()
+    sent_parts: list[dict[str, str]] = []
+    store.client.meta.events.register(
+        "before-send.s3.UploadPart",
+        lambda request, **_: sent_parts.append(dict(request.headers.items())),
+    )
 
     checksum = store.put_file("jobs/j/out/coadd.fits", str(source), "application/fits")
 
     assert checksum == hashlib.sha256(data).hexdigest()
     stat = minio.stat_object(bucket, "jobs/j/out/coadd.fits")
     parts = -(-len(data) // PART_SIZE)
+    # Each part's body goes with its headers, without waiting for a 100 Continue first.
+    assert len(sent_parts) == parts
+    assert not [headers for headers in sent_parts if "Expect" in headers]
     assert stat.etag is not None and stat.etag.endswith(f"-{parts}")  # a multipart upload
     assert stat.content_type == "application/fits"
     assert minio.get_object(bucket, "jobs/j/out/coadd.fits").read() == data

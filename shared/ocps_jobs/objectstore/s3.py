@@ -11,6 +11,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import add_expect_header
 
 from ..errors import BackendUnavailableError
 from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
@@ -55,7 +56,18 @@ class S3Store:
         self._on_error = on_error  # told the action of every failed call (metrics)
         self._endpoint_url, self._region = endpoint_url, region
         self._probe_client: S3Client | None = None
-        self.client: S3Client = client or boto3.session.Session().client(
+        self.client: S3Client = client or self._upload_client(endpoint_url, region, max_concurrency)
+        self.transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=PART_SIZE,
+            max_concurrency=max_concurrency,
+            use_threads=True,
+        )
+
+    @staticmethod
+    def _upload_client(endpoint_url: str | None, region: str, max_concurrency: int) -> S3Client:
+        """The store's own client: a connection for every concurrent upload and part."""
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
@@ -70,12 +82,12 @@ class S3Store:
                 max_pool_connections=max(10, max_concurrency * 2),
             ),
         )
-        self.transfer = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD,
-            multipart_chunksize=PART_SIZE,
-            max_concurrency=max_concurrency,
-            use_threads=True,
-        )
+        # botocore sends a file body (each multipart part) only after the server answered
+        # ``Expect: 100-continue``: a round trip per part, in which the part's thread waits
+        # for a busy server to be scheduled. The body goes with the headers instead, as
+        # for the bytes of a small file; a refused request is retried all the same.
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        return client
 
     def _call(self, action: str, function: Any, **kwargs: Any) -> Any:
         try:
