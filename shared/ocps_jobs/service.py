@@ -103,7 +103,9 @@ class JobService:
     def list_jobs(self, caller: Caller, query: ListQuery | None = None) -> list[JobRecord]:
         """The caller's jobs, oldest first, filtered; ``last`` keeps the newest N, newest first."""
         query = query or ListQuery()
-        records = self.backend.list_records(None if caller.admin else caller.name)
+        records = self.backend.list_records(
+            None if caller.admin else caller.name, phases=query.phases
+        )
         now = _now()
         records = [record for record in records if not _destroyed(record, now)]
         if query.phases is not None:

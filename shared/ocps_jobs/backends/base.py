@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -38,8 +39,10 @@ class JobBackend(Protocol):
     def get(self, job_id: str) -> JobRecord | None:
         """The job's current record, or None."""
 
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """Every job (of ``owner`` when given), in no particular order."""
+    def list_records(
+        self, owner: str | None = None, phases: Collection[Phase] | None = None
+    ) -> list[JobRecord]:
+        """Every job (of ``owner``, in ``phases`` when given), in no particular order."""
 
     def start(self, job_id: str) -> JobRecord:
         """Move a pending job to the queue."""

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,12 +21,13 @@ from ..base import JobUpdate, Unset
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi, Missing
 from .credentials import new_api_client
+from .memory import limit_malloc_arenas, release_free_memory
 from .metadata import owner_label
-from .record import record_from_job
+from .record import record_from_job, record_from_view
 from .spec import build_environment, build_job, job_json
-from .status import ran_to_completion
-from .views import JobView, PodView
-from .watch import MANAGED_SELECTOR, WatchCache, freeze_long_lived
+from .status import job_status, ran_to_completion
+from .views import JobView, PodView, unpack
+from .watch import MANAGED_SELECTOR, WatchCache
 
 __all__ = ["KubernetesBackend"]
 
@@ -34,10 +36,13 @@ log = logging.getLogger(__name__)
 MANIFEST_RECHECK_SECONDS = 1.0
 # A list asked for during the watches' first listing waits this long for it.
 FIRST_SYNC_WAIT_SECONDS = 60.0
-# Building this many new records in one list moves them out of full garbage collections.
-FREEZE_AFTER_RECORDS = 1000
+# A list of this many live Jobs gives the memory it freed back to the system, this long
+# after it started (its response rendered and sent by then).
+RELEASE_AFTER_JOBS = 1000
+RELEASE_DELAY_SECONDS = 1.0
 
 JobAndPods = tuple[dict[str, Any], list[dict[str, Any]]]
+PodsByJob = dict[str, list[dict[str, Any]]]
 
 
 class KubernetesBackend:
@@ -46,6 +51,7 @@ class KubernetesBackend:
     def __init__(
         self, settings: Settings, store: ObjectStore, api_client: k8s.ApiClient | None = None
     ) -> None:
+        limit_malloc_arenas()  # before the server's threads and the watches allocate
         self.settings = settings
         self.store = store
         self.namespace = settings.namespace
@@ -55,7 +61,7 @@ class KubernetesBackend:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocps-manifest")
         self._watched: WatchCache | None = None
         self._closed = False
-        self._records: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
+        self._release: threading.Timer | None = None
 
     def _informed(self) -> WatchCache:
         """The process's watches of Jobs and Pods, started on first use."""
@@ -64,8 +70,8 @@ class KubernetesBackend:
                 self._watched = WatchCache(self.kube.list_pages, self.kube.watch)
             return self._watched
 
-    def _pods(self, selector: str) -> dict[str, list[dict[str, Any]]]:
-        by_job: dict[str, list[dict[str, Any]]] = {}
+    def _pods(self, selector: str) -> PodsByJob:
+        by_job: PodsByJob = {}
         for pod in self.kube.list("pods", selector):
             if job_id := PodView(pod).job_id:
                 by_job.setdefault(job_id, []).append(pod)
@@ -115,62 +121,68 @@ class KubernetesBackend:
             return None
         return job, self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
 
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """From the watched copies (waiting for their first listing); else from the API."""
-        selector = MANAGED_SELECTOR
-        if owner is not None:
-            selector += f",{LABEL_OWNER}={owner_label(owner)}"
+    def list_records(
+        self, owner: str | None = None, phases: Collection[Phase] | None = None
+    ) -> list[JobRecord]:
+        """The live Jobs' records (of ``owner``; in ``phases``), from the watched copies."""
+        return self._live_records(owner, phases)
+
+    def _live_records(self, owner: str | None, phases: Collection[Phase] | None) -> list[JobRecord]:
+        """From the watched copies (waiting for their first listing); else from the API.
+
+        Each Job's phase is decided from its views first: a record is built only for the
+        Jobs in ``phases``, and nothing of it is kept once listed.
+        """
+        jobs, pods = self._live_jobs(owner)
+        if len(jobs) >= RELEASE_AFTER_JOBS:
+            self._release_soon()
+        ids = [JobView(job).job_id or "" for job in jobs if needs_manifest(job)]
+        manifests = dict(zip(ids, self._pool.map(self.archive.results, ids), strict=True))
+        records = []
+        for job in jobs:
+            view = JobView(job)
+            job_id = view.job_id or ""
+            results = manifests.get(job_id)
+            job_pods = [PodView(pod) for pod in pods.get(job_id, [])]
+            try:
+                status = job_status(view, job_pods, manifest_exists=results is not None)
+                if phases is not None and status.phase not in phases:
+                    continue
+                record = record_from_view(view, status, results)
+            except (KeyError, ValueError) as error:
+                log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
+                continue
+            if owner is None or record.owner == owner:
+                records.append(record)
+        return records
+
+    def _live_jobs(self, owner: str | None) -> tuple[list[dict[str, Any]], PodsByJob]:
+        """Every live Job (of ``owner``) and the Pods of each job id."""
         watched = self._informed()
         snapshot = watched.snapshot()
         if snapshot is None and watched.wait_first_sync(FIRST_SYNC_WAIT_SECONDS):
             snapshot = watched.snapshot()  # one listing of every Job, not two at once
-        if snapshot is not None:
-            jobs, pods = snapshot
+        if snapshot is None:
+            selector = MANAGED_SELECTOR
             if owner is not None:
-                wanted = owner_label(owner)
-                jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
-        else:
+                selector += f",{LABEL_OWNER}={owner_label(owner)}"
             jobs = self.kube.list("jobs", selector)
-            pods = self._pods(selector) if jobs else {}
-        ids = [JobView(job).job_id or "" for job in jobs if needs_manifest(job)]
-        manifests = dict(zip(ids, self._pool.map(self.archive.results, ids), strict=True))
-        records = []
-        built: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
-        new = 0
-        for job in jobs:
-            view = JobView(job)
-            job_id = view.job_id or ""
-            job_pods = pods.get(job_id, [])
-            results = manifests.get(job_id)
-            # A record is built once per version of its Job, Pods and manifest: a list of
-            # 10,000 unchanged Jobs costs lookups, not 10,000 model validations.
-            key = (
-                view.resource_version,
-                tuple(PodView(pod).resource_version for pod in job_pods),
-                id(results) if results is not None else None,
-            )
-            cached = self._records.get(job_id)
-            if cached is not None and cached[0] == key and key[0] is not None:
-                record = cached[1]
-            else:
-                try:
-                    record = record_from_job(job, job_pods, results)
-                except (KeyError, ValueError) as error:
-                    log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
-                    continue
-                new += 1
-            built[job_id] = (key, record)
-            records.append(record)  # shared with later lists: callers only read records
-        if snapshot is not None:
-            if owner is None:
-                self._records = built  # only the Jobs that still exist stay cached
-            else:
-                self._records.update(built)
-            if new >= FREEZE_AFTER_RECORDS:
-                freeze_long_lived()
+            return jobs, self._pods(selector) if jobs else {}
+        packed_jobs, packed_pods = snapshot
+        jobs = [unpack(job) for job in packed_jobs]
         if owner is not None:
-            records = [record for record in records if record.owner == owner]
-        return records
+            wanted = owner_label(owner)
+            jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
+        return jobs, {job_id: list(unpack(pods).values()) for job_id, pods in packed_pods.items()}
+
+    def _release_soon(self) -> None:
+        """Release the freed memory of a long list once it has been answered (one at a time)."""
+        with self._lock:
+            if self._release is not None and self._release.is_alive():
+                return
+            self._release = threading.Timer(RELEASE_DELAY_SECONDS, release_free_memory)
+            self._release.daemon = True
+            self._release.start()
 
     def _patch(self, job_id: str, body: dict[str, Any]) -> None:
         try:
@@ -232,7 +244,6 @@ class KubernetesBackend:
             self.kube.delete_job(job_name(job_id))
         if self._watched is not None:
             self._watched.forget(job_id)
-        self._records.pop(job_id, None)
         self.store.delete_prefix(job_prefix(job_id))
         self.archive.forget(job_id)
 
@@ -282,6 +293,8 @@ class KubernetesBackend:
     def close(self) -> None:
         """Stop the watches and release the connection pool."""
         self._closed = True
+        if self._release is not None:
+            self._release.cancel()
         if self._watched is not None:
             self._watched.stop()
         self._pool.shutdown(wait=False)
