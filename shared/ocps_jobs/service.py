@@ -7,7 +7,7 @@ import posixpath
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -180,7 +180,9 @@ class JobService:
         # One more than a page asks for: whether another page follows.
         wanted = None if size is None else size + (query.limit is not None)
         records: list[JobRecord] = []
-        for record in self._newest(owner, query.cursor or "", wanted or MAX_PAGE_SIZE):
+        for record in self._newest(
+            owner, query.cursor or "", wanted or MAX_PAGE_SIZE, query.phases
+        ):
             if query.after is not None and record.creation_time <= query.after:
                 break  # newest first: every later one is older still
             if _destroyed(record, now):
@@ -198,12 +200,22 @@ class JobService:
         records = records[:size]
         return JobPage(records, sort_key(records[-1].creation_time, records[-1].job_id))
 
-    def _newest(self, owner: str | None, after: str, page_size: int) -> Iterator[JobRecord]:
-        """Every job of ``owner`` (all when None) newest first, after the sort key ``after``."""
+    def _newest(
+        self,
+        owner: str | None,
+        after: str,
+        page_size: int,
+        phases: Collection[Phase] | None = None,
+    ) -> Iterator[JobRecord]:
+        """Every job of ``owner`` (all when None) newest first, after the sort key ``after``.
+
+        ``phases`` lets the backend skip building records that would be filtered out; the
+        caller still filters (an archived job's phase is its record's).
+        """
         if isinstance(self.backend, JobHistory):
-            yield from self.backend.iter_newest(owner, after, page_size)
+            yield from self.backend.iter_newest(owner, after, page_size, phases)
             return
-        records = self.backend.list_records(owner)
+        records = self.backend.list_records(owner, phases=phases)
         if after:
             before = place_of(after)
             records = [r for r in records if (r.creation_time, r.job_id) < before]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +17,11 @@ from ocps_jobs.backends.kubernetes.views import (
     View,
     job_id_of,
     newer,
+    pack_job,
+    pack_pod,
     trim_job,
     trim_pod,
+    unpack,
 )
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import ANNOTATIONS
@@ -139,6 +143,22 @@ def test_the_trim_leaves_its_input_unchanged_and_keeps_absent_fields_absent() ->
     assert json.dumps(job, sort_keys=True) == before
     assert trim_job({"metadata": {"name": "a"}}) == {"metadata": {"name": "a"}}
     assert trim_pod({"status": None}) == {"status": None}
+
+
+def test_the_packed_copy_is_the_trim_in_bytes_of_its_own_exact_size() -> None:
+    job, pod = api_job(3), api_pod(0, 3)
+    assert unpack(pack_job(job)) == trim_job(job)
+    assert unpack(pack_pod(pod)) == trim_pod(pod)
+    assert unpack(pack_job(job)) is not unpack(pack_job(job))  # a new object each time
+    # The watch cache keeps thousands: each holds its JSON, not the encoder's whole buffer.
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [pack_job(job) for _ in range(50)]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * len(kept[0]) + 100
 
 
 def test_job_ids_and_versions_are_read_from_the_metadata() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ocps_jobs.backends.kubernetes.client import Kind
+from ocps_jobs.backends.kubernetes.views import unpack
 from ocps_jobs.backends.kubernetes.watch import MANAGED_SELECTOR, WatchCache
 from ocps_jobs.errors import BackendUnavailableError
 from tests.helpers import wait_until
@@ -118,7 +119,7 @@ def test_lists_every_page_then_watches_from_the_lists_version(
     assert "managedFields" not in job_a["metadata"]  # read by nothing: trimmed
     assert sorted(p["metadata"]["name"] for p in pods_a) == ["a-0", "a-1"]
     assert "podIP" not in pods_a[0]["status"]
-    assert cache.view("b") == (cache.jobs["b"], [])
+    assert cache.view("b") == (unpack(cache.jobs["b"]), [])
     wait_until(lambda: sorted(api.watches) == [("jobs", "20"), ("pods", "21")], timeout=5)
 
 
@@ -131,13 +132,15 @@ def test_added_modified_and_deleted_events_update_the_copy(cache: WatchCache, ap
     api.send("jobs", "MODIFIED", job("c", 29))  # older than what the cache has: ignored
     api.send("pods", "ADDED", pod("c", "c-0", 32))
     wait_until(lambda: (view := cache.view("c")) and view[1], timeout=5)
-    assert cache.jobs["c"]["spec"]["suspend"] is True
+    assert unpack(cache.jobs["c"])["spec"]["suspend"] is True
     api.send("pods", "DELETED", pod("c", "c-0", 33))
     api.send("jobs", "DELETED", job("c", 34))
     wait_until(lambda: cache.view("c") is None and "c" not in cache.pods, timeout=5)
     snapshot = cache.snapshot()
     assert snapshot is not None
-    assert sorted(j["metadata"]["labels"]["ocps.lsst.io/job-id"] for j in snapshot[0]) == [
+    assert sorted(
+        j["metadata"]["labels"]["ocps.lsst.io/job-id"] for j in map(unpack, snapshot[0])
+    ) == [
         "a",
         "b",
     ]
@@ -160,7 +163,7 @@ def test_410_gone_lists_again_and_the_waiters_wake(cache: WatchCache, api: FakeA
         assert woke.wait(5.0)  # the relist woke the job's waiter
         wait_until(lambda: api.lists.count(("jobs", MANAGED_SELECTOR)) == 2, timeout=5)
         wait_until(lambda: ("jobs", "60") in api.watches, timeout=5)
-        assert cache.jobs["a"]["spec"]["suspend"] is True
+        assert unpack(cache.jobs["a"])["spec"]["suspend"] is True
         assert "b" not in cache.jobs  # gone from the new list: gone from the copy
         assert cache.changes("a") > seen
     finally:
@@ -224,3 +227,22 @@ def test_lists_do_not_wait_for_watches_that_cannot_list() -> None:
         assert calls
     finally:
         cache.stop()
+
+
+def test_the_copy_keeps_packed_objects_and_keys_of_its_own(cache: WatchCache, api: FakeApi) -> None:
+    assert cache.wait_first_sync(5.0)
+    added = job("job-d", 40)
+    api.send("jobs", "ADDED", added)
+    api.send("pods", "ADDED", pod("job-d", "d-0", 41))
+    api.send("pods", "ADDED", pod("job-d", "d-1", 42))
+    wait_until(lambda: (view := cache.view("job-d")) and len(view[1]) == 2, timeout=5)
+    # One bytes per Job and one for all of a job's Pods, nothing referencing an event.
+    assert all(isinstance(packed, bytes) for packed in [*cache.jobs.values(), *cache.pods.values()])
+    assert sorted(unpack(cache.pods["job-d"])) == ["d-0", "d-1"]
+    # (a job id of more than one character: CPython shares the one-character strings)
+    key = next(key for key in cache.jobs if key == "job-d")
+    assert key is not added["metadata"]["labels"]["ocps.lsst.io/job-id"]
+    api.send("pods", "DELETED", pod("job-d", "d-0", 43))
+    wait_until(lambda: (view := cache.view("job-d")) and len(view[1]) == 1, timeout=5)
+    api.send("pods", "DELETED", pod("job-d", "d-1", 44))
+    wait_until(lambda: "job-d" not in cache.pods, timeout=5)

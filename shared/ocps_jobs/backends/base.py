@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -43,8 +43,10 @@ class JobBackend(Protocol):
     def get(self, job_id: str) -> JobRecord | None:
         """The job's current record, or None."""
 
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """Every job (of ``owner`` when given), in no particular order."""
+    def list_records(
+        self, owner: str | None = None, phases: Collection[Phase] | None = None
+    ) -> list[JobRecord]:
+        """Every job (of ``owner``, in ``phases`` when given), in no particular order."""
 
     def start(self, job_id: str) -> JobRecord:
         """Move a pending job to the queue."""
@@ -80,9 +82,16 @@ class JobHistory(Protocol):
     """A backend that keeps jobs listable past its own records (Kubernetes: the store's index)."""
 
     def iter_newest(
-        self, owner: str | None, after: str = "", page_size: int = 100
+        self,
+        owner: str | None,
+        after: str = "",
+        page_size: int = 100,
+        phases: Collection[Phase] | None = None,
     ) -> Iterator[JobRecord]:
-        """Every kept job newest first, after a sort key (``objectstore.history.sort_key``)."""
+        """Every kept job newest first, after a sort key (``objectstore.history.sort_key``).
+
+        With ``phases``, live jobs in other phases may be left out (the caller filters too).
+        """
 
     def expired_history(self, now: datetime) -> list[str]:
         """Ids of kept jobs whose destruction time has come."""

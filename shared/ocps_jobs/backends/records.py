@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 
 from ..errors import JobNotFoundError
 from ..models import JobRecord, Phase
@@ -22,13 +23,16 @@ class InMemoryRecords:
             record = self._records.get(job_id)
             return record.model_copy(deep=True) if record else None
 
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """Copies of every record (of one owner)."""
+    def list_records(
+        self, owner: str | None = None, phases: Collection[Phase] | None = None
+    ) -> list[JobRecord]:
+        """Copies of every record (of one owner; in ``phases``)."""
         with self._lock:
             return [
                 record.model_copy(deep=True)
                 for record in self._records.values()
-                if owner is None or record.owner == owner
+                if (owner is None or record.owner == owner)
+                and (phases is None or record.phase in phases)
             ]
 
     def _require(self, job_id: str) -> JobRecord:

@@ -3,55 +3,42 @@
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
 
 from ...config import Settings
-from ...conventions import ANNOTATIONS, LABEL_JOB_ID, LABEL_OWNER, job_name, job_prefix
+from ...conventions import ANNOTATIONS, LABEL_JOB_ID, job_name, job_prefix
 from ...errors import BackendUnavailableError, JobNotFoundError
 from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
 from ...objectstore import ObjectStore
-from ...objectstore.history import place_of
 from ..base import JobUpdate, Unset
 from ..logs import LogLine
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi, Missing
 from .credentials import new_api_client
+from .listing import JobAndPods, JobListing, PodsByJob
 from .logs import PodLogs, newest_pod_per_replica
-from .metadata import owner_label
+from .memory import limit_malloc_arenas
 from .record import record_from_job
 from .spec import build_environment, build_job, job_json
-from .status import ran_to_completion, start_timed_out
+from .status import ran_to_completion
 from .views import JobView, PodView
-from .watch import MANAGED_SELECTOR, WatchCache, freeze_long_lived
+from .watch import WatchCache
 
 __all__ = ["KubernetesBackend"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST_RECHECK_SECONDS = 1.0
-# A list asked for during the watches' first listing waits this long for it.
-FIRST_SYNC_WAIT_SECONDS = 60.0
-# Building this many new records in one list moves them out of full garbage collections.
-FREEZE_AFTER_RECORDS = 1000
-
-JobAndPods = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
-def _place(record: JobRecord) -> tuple[datetime, str]:
-    """Where a record stands in a list: by creation time, then job id."""
-    return record.creation_time, record.job_id
-
-
-class KubernetesBackend:
+class KubernetesBackend(JobListing):
     """Jobs as ``batch/v1`` Jobs with metadata in annotations; outputs via the sidecar."""
 
     per_replica_logs = True  # each replica is a pod with a log of its own
@@ -59,6 +46,7 @@ class KubernetesBackend:
     def __init__(
         self, settings: Settings, store: ObjectStore, api_client: k8s.ApiClient | None = None
     ) -> None:
+        limit_malloc_arenas()  # before the server's threads and the watches allocate
         self.settings = settings
         self.store = store
         self.namespace = settings.namespace
@@ -68,8 +56,9 @@ class KubernetesBackend:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocps-manifest")
         self._watched: WatchCache | None = None
         self._closed = False
-        self._records: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
+        self._release: threading.Timer | None = None
         self._giving_up: set[str] = set()
+        self._archived_versions: dict[str, str | None] = {}  # job id -> Job version kept
 
     def _informed(self) -> WatchCache:
         """The process's watches of Jobs and Pods, started on first use."""
@@ -78,8 +67,8 @@ class KubernetesBackend:
                 self._watched = WatchCache(self.kube.list_pages, self.kube.watch)
             return self._watched
 
-    def _pods(self, selector: str) -> dict[str, list[dict[str, Any]]]:
-        by_job: dict[str, list[dict[str, Any]]] = {}
+    def _pods(self, selector: str) -> PodsByJob:
+        by_job: PodsByJob = {}
         for pod in self.kube.list("pods", selector):
             if job_id := PodView(pod).job_id:
                 by_job.setdefault(job_id, []).append(pod)
@@ -130,163 +119,6 @@ class KubernetesBackend:
         if job is None:
             return None
         return job, self._pods(f"{LABEL_JOB_ID}={job_id}").get(job_id, [])
-
-    def list_records(self, owner: str | None = None) -> list[JobRecord]:
-        """From the watched copies (waiting for their first listing); else from the API."""
-        selector = MANAGED_SELECTOR
-        if owner is not None:
-            selector += f",{LABEL_OWNER}={owner_label(owner)}"
-        watched = self._informed()
-        snapshot = watched.snapshot()
-        if snapshot is None and watched.wait_first_sync(FIRST_SYNC_WAIT_SECONDS):
-            snapshot = watched.snapshot()  # one listing of every Job, not two at once
-        if snapshot is not None:
-            jobs, pods = snapshot
-            if owner is not None:
-                wanted = owner_label(owner)
-                jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
-        else:
-            jobs = self.kube.list("jobs", selector)
-            pods = self._pods(selector) if jobs else {}
-        ids = [JobView(job).job_id or "" for job in jobs if needs_manifest(job)]
-        manifests = dict(zip(ids, self._pool.map(self.archive.results, ids), strict=True))
-        records = []
-        built: dict[str, tuple[tuple[Any, ...], JobRecord]] = {}
-        new = 0
-        for job in jobs:
-            view = JobView(job)
-            job_id = view.job_id or ""
-            job_pods = pods.get(job_id, [])
-            results = manifests.get(job_id)
-            # A record is built once per version of its Job, Pods and manifest: a list of
-            # 10,000 unchanged Jobs costs lookups, not 10,000 model validations.
-            key = (
-                view.resource_version,
-                tuple(PodView(pod).resource_version for pod in job_pods),
-                id(results) if results is not None else None,
-            )
-            cached = self._records.get(job_id)
-            if cached is not None and cached[0] == key and key[0] is not None:
-                record = cached[1]
-            else:
-                try:
-                    record = record_from_job(job, job_pods, results)
-                except (KeyError, ValueError) as error:
-                    log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
-                    continue
-                new += 1
-                if record.phase in FINAL_PHASES and results is not None:
-                    # Archived and indexed while the Job exists, read or not: it stays listed.
-                    self._pool.submit(self._keep_archived, record)
-            if self._start_overdue(job, record) and job_id not in self._giving_up:
-                self._giving_up.add(job_id)
-                self._pool.submit(self._give_up, record)  # ends error; a later list shows it
-            built[job_id] = (key, record)
-            records.append(record)  # shared with later lists: callers only read records
-        if snapshot is not None:
-            if owner is None:
-                self._records = built  # only the Jobs that still exist stay cached
-            else:
-                self._records.update(built)
-            if new >= FREEZE_AFTER_RECORDS:
-                freeze_long_lived()
-        if owner is not None:
-            records = [record for record in records if record.owner == owner]
-        return records
-
-    def _start_overdue(self, job: dict[str, Any], record: JobRecord) -> bool:
-        """A queued job whose pods have not started within the start timeout."""
-        timeout = self.settings.start_timeout_seconds
-        return record.phase is Phase.QUEUED and start_timed_out(JobView(job), utcnow(), timeout)
-
-    def _give_up(self, record: JobRecord) -> JobRecord:
-        """End a job that cannot start: ``error`` with its waiting reason, its pods stopped.
-
-        Suspending the Job makes Kubernetes delete its pods (as an abort does); the record
-        is archived at once, since no uploader ever ran.
-        """
-        timeout = self.settings.start_timeout_seconds
-        reason = record.waiting_reason or "no pod of the job started"
-        message = f"The job could not start within {timeout} s: {reason}"
-        now = utcnow()
-        try:
-            self._patch(
-                record.job_id,
-                {
-                    "metadata": {
-                        "annotations": {
-                            ANNOTATIONS.START_TIMED_OUT: now.isoformat(),
-                            ANNOTATIONS.START_FAILURE: message,
-                        }
-                    },
-                    "spec": {"suspend": True},
-                },
-            )
-        except JobNotFoundError:
-            return record
-        finally:
-            self._giving_up.discard(record.job_id)
-        log.warning("job %s did not start within %d s: %s", record.job_id, timeout, reason)
-        ended = record.model_copy(
-            update={
-                "phase": Phase.ERROR,
-                "end_time": now,
-                "error_message": message,
-                "waiting_reason": "",
-            }
-        )
-        self.archive.keep_current(ended, write_missing=True)
-        return ended
-
-    def _keep_archived(self, record: JobRecord) -> None:
-        try:
-            self.archive.keep_current(record)
-        except Exception:  # a background pass: logged, retried by a later list or read
-            log.exception("archive upkeep of job %s failed", record.job_id)
-
-    def iter_newest(
-        self, owner: str | None, after: str = "", page_size: int = 100
-    ) -> Iterator[JobRecord]:
-        """Every kept job newest first, after the sort key ``after``: live Jobs and history.
-
-        The live Jobs come from the watched copies; the jobs whose Job Kubernetes removed
-        from the store's history index, one listing page at a time, their archived records
-        read in parallel. Ordered as ``objectstore.history.sort_key`` orders them.
-        """
-        live = self.list_records(owner)
-        live_ids = {record.job_id for record in live}
-        if after:
-            before = place_of(after)
-            live = [r for r in live if (r.creation_time, r.job_id) < before]
-        live.sort(key=_place, reverse=True)
-        archived = self._archived_newest(owner, after, page_size, live_ids)
-        yield from heapq.merge(live, archived, key=_place, reverse=True)
-
-    def _archived_newest(
-        self, owner: str | None, after: str, page_size: int, live_ids: set[str]
-    ) -> Iterator[JobRecord]:
-        entries = self.archive.history.newest(owner, after, page_size)
-        while True:
-            page = [entry for _, entry in zip(range(page_size), entries, strict=False)]
-            if not page:
-                return
-            wanted = [entry.job_id for entry in page if entry.job_id not in live_ids]
-            for record in self._pool.map(self.archive.listed, wanted):
-                if record is not None and (owner is None or record.owner == owner):
-                    yield record
-
-    def expired_history(self, now: datetime) -> list[str]:
-        """Ids of archived jobs whose destruction time has come (their Job may be gone).
-
-        An entry left by a job already removed is dropped instead.
-        """
-        due = []
-        for job_id, key in self.archive.history.expired(now):
-            if self.archive.archived(job_id) is None and self._job_and_pods(job_id) is None:
-                self.archive.history.drop(key)
-            else:
-                due.append(job_id)
-        return due
 
     def _patch(self, job_id: str, body: dict[str, Any]) -> None:
         try:
@@ -353,11 +185,11 @@ class KubernetesBackend:
             self.kube.delete_job(job_name(job_id))
         if self._watched is not None:
             self._watched.forget(job_id)
-        self._records.pop(job_id, None)
         self.store.delete_prefix(job_prefix(job_id))
         for known in {id(r): r for r in (record, archived) if r is not None}.values():
             self.archive.history.remove(job_id, known.owner, known.creation_time, known.destruction)
         self.archive.forget(job_id)
+        self._archived_versions.pop(job_id, None)
 
     def update(self, job_id: str, update: JobUpdate) -> JobRecord:
         """Execution duration → ``activeDeadlineSeconds``; destruction → annotation."""
@@ -438,6 +270,8 @@ class KubernetesBackend:
     def close(self) -> None:
         """Stop the watches and release the connection pool."""
         self._closed = True
+        if self._release is not None:
+            self._release.cancel()
         if self._watched is not None:
             self._watched.stop()
         self._pool.shutdown(wait=False)

@@ -72,8 +72,8 @@ class WatchStream:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        event: dict[str, Any] = orjson.loads(line)
-                        yield event
+                        # Not kept in this frame: the consumer frees each event when done.
+                        yield orjson.loads(line)
         finally:
             self.response.release_conn()
 

@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from ...conventions import ANNOTATIONS, CONTAINER_GIT_CLONE, CONTAINER_JOB
 from ...models import (
     FINAL_PHASES,
@@ -16,10 +18,10 @@ from ...models import (
     utcnow,
 )
 from .scripts import from_kubelet_literal
-from .status import job_status, parse_time
+from .status import JobStatus, job_status, parse_time
 from .views import JobView, PodView
 
-__all__ = ["provenance_of", "record_from_job"]
+__all__ = ["provenance_of", "record_from_job", "record_from_view"]
 
 # What ``git rev-parse HEAD`` prints: a SHA-1 or SHA-256 object name.
 _COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -48,19 +50,30 @@ def provenance_of(pods: Sequence[PodView]) -> tuple[str, str]:
     return commit, image
 
 
+# The job container's variables, validated in one call rather than one model at a time.
+_ENVIRONMENT = TypeAdapter(list[EnvironmentVariable])
+
+
 def record_from_job(
     job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], results: list[ResultFile] | None
 ) -> JobRecord:
     """A job record from the Job's API JSON, its pods and (once uploaded) its results."""
     view = JobView(job)
+    pod_views = [PodView(pod) for pod in pods]
+    status = job_status(view, pod_views, manifest_exists=results is not None)
+    return record_from_view(view, pod_views, status, results)
+
+
+def record_from_view(
+    view: JobView, pods: Sequence[PodView], status: JobStatus, results: list[ResultFile] | None
+) -> JobRecord:
+    """The record of a Job whose status is already known (a list decides on it first)."""
     annotations = view.annotations
     job_id = view.job_id
     if job_id is None:
         raise KeyError("the Job has no job ID label")
     main = next((c for c in view.containers if c.name == CONTAINER_JOB), None)
-    pod_views = [PodView(pod) for pod in pods]
-    status = job_status(view, pod_views, manifest_exists=results is not None)
-    commit_sha, image_digest = provenance_of(pod_views)
+    commit_sha, image_digest = provenance_of(pods)
     destruction = annotations.get(ANNOTATIONS.DESTRUCTION)
     return JobRecord(
         job_id=job_id,
@@ -75,13 +88,13 @@ def record_from_job(
         execution_duration=view.active_deadline_seconds,
         destruction=parse_time(destruction) if destruction else None,
         parameters=JobParameters.model_validate_json(annotations[ANNOTATIONS.PARAMETERS]),
-        environment=[
-            EnvironmentVariable(
-                name=item["name"], value=from_kubelet_literal(item.get("value") or "")
-            )
-            for item in (main.env if main is not None else [])
-            if "valueFrom" not in item  # the replica index: each pod's own, not a parameter
-        ],
+        environment=_ENVIRONMENT.validate_python(
+            [
+                {"name": item["name"], "value": from_kubelet_literal(item.get("value") or "")}
+                for item in (main.env if main is not None else [])
+                if "valueFrom" not in item  # the replica index: each pod's own, not a parameter
+            ]
+        ),
         error_message=status.error_message,
         waiting_reason=status.waiting_reason,
         results=results if status.phase in FINAL_PHASES else None,

@@ -3,13 +3,17 @@
 Each view is a small class over the API's raw JSON whose every accessor is a declared
 ``Field`` (a path into the object) or ``Items`` (a list of smaller views). Nothing reads a
 Job or a Pod except through these accessors, and ``trim`` keeps exactly the declared paths:
-a field that is read is, by construction, a field the watch cache keeps.
+a field that is read is, by construction, a field the watch cache keeps. The watch cache
+keeps each trimmed object ``packed``: its compact JSON as one ``bytes`` that owns its data
+(nothing of the parsed page or event it came from stays referenced), read back by ``unpack``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar, overload
+
+import orjson
 
 from ...conventions import COMPLETION_INDEX_ANNOTATION, LABEL_JOB_ID
 
@@ -25,9 +29,13 @@ __all__ = [
     "View",
     "job_id_of",
     "newer",
+    "pack",
+    "pack_job",
+    "pack_pod",
     "trim",
     "trim_job",
     "trim_pod",
+    "unpack",
 ]
 
 T = TypeVar("T")
@@ -62,7 +70,8 @@ def _as_list(value: Any) -> list[Any]:
 def _at(raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = raw
     for key in path:
-        if not isinstance(value, Mapping):
+        # JSON objects are dicts: the exact type check first, the ABC's only otherwise.
+        if type(value) is not dict and not isinstance(value, Mapping):
             return None
         value = value.get(key)
     return value
@@ -314,6 +323,29 @@ def trim_job(job: Mapping[str, Any]) -> dict[str, Any]:
 def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     """What the watch cache keeps of a Pod: what ``PodView`` reads."""
     return trim(pod, PodView)
+
+
+def pack(trimmed: Mapping[str, Any]) -> bytes:
+    """Trimmed objects (or a mapping of them) as compact JSON of their own, for ``unpack``."""
+    # An exact copy: the buffer ``orjson.dumps`` returns keeps its whole working capacity
+    # (many times the JSON's length), for as long as the bytes live.
+    return bytes(memoryview(orjson.dumps(trimmed)))
+
+
+def pack_job(job: Mapping[str, Any]) -> bytes:
+    """The watch cache's copy of a Job: what ``JobView`` reads, as compact JSON."""
+    return pack(trim(job, JobView))
+
+
+def pack_pod(pod: Mapping[str, Any]) -> bytes:
+    """The watch cache's copy of a Pod: what ``PodView`` reads, as compact JSON."""
+    return pack(trim(pod, PodView))
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    """A packed copy read back: the trimmed object (a new one on every call)."""
+    unpacked: dict[str, Any] = orjson.loads(packed)
+    return unpacked
 
 
 def job_id_of(item: Mapping[str, Any]) -> str | None:

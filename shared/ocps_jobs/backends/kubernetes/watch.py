@@ -9,23 +9,27 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ...conventions import LABEL_MANAGED_BY, MANAGED_BY
 from .client import Kind
-from .views import PodView, job_id_of, newer, trim_job, trim_pod
+from .memory import release_free_memory
+from .views import PodView, job_id_of, newer, pack, pack_job, pack_pod, unpack
 
 __all__ = [
     "MANAGED_SELECTOR",
+    "Change",
     "ListPages",
     "Stream",
     "Waiters",
     "Watch",
     "WatchCache",
     "freeze_long_lived",
+    "packed_change",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,13 +41,48 @@ KINDS: tuple[Kind, ...] = ("jobs", "pods")
 def freeze_long_lived() -> None:
     """Leave the objects that exist now out of the garbage collector's full passes.
 
-    The watched copy of the Jobs and the records built from them live as long as the
-    process, and are hundreds of thousands of objects at 10,000 Jobs. A list that long
-    allocates enough to start a full collection, which walked all of them each time.
-    They are still freed when no longer referenced: freezing only stops the collector
-    looking at them.
+    What the process keeps for its lifetime (modules, the server's threads, the tables of
+    the watched copy) need not be walked again by every full collection that a long
+    list's allocations start. Objects are still freed when no longer referenced:
+    freezing only stops the collector looking at them.
     """
     gc.freeze()
+
+
+class Change(NamedTuple):
+    """One object as the watched copy takes it: its job, its name (a Pod's), packed."""
+
+    job_id: str
+    name: str
+    packed: bytes | None  # None: deleted
+
+
+def packed_change(kind: Kind, action: str | None, item: dict[str, Any]) -> Change | None:
+    """The change an event (or a listed object) makes; None for an object of no job."""
+    job_id = job_id_of(item)
+    if job_id is None:
+        return None
+    name = "" if kind == "jobs" else PodView(item).name or ""
+    if action == "DELETED":
+        return Change(job_id, name, None)
+    return Change(job_id, name, pack_job(item) if kind == "jobs" else pack_pod(item))
+
+
+def _own(text: str) -> str:
+    """A copy of ``text`` (interned: one per job id across the tables) to keep as a key.
+
+    Made once the parsed page or event ``text`` came from is freed, so that it lands among
+    other long-lived objects instead of keeping that object's allocator pools mapped.
+    """
+    return sys.intern(text.encode().decode())
+
+
+def _put(table: dict[str, bytes], key: str, packed: bytes) -> None:
+    table[key if key in table else _own(key)] = packed
+
+
+def _newer(packed: bytes, current: bytes | None) -> bool:
+    return current is None or newer(unpack(packed), unpack(current))
 
 
 class Stream(Protocol):
@@ -76,6 +115,7 @@ class WatchCache:
     """One watch of the namespace's Jobs and one of their Pods, for the whole process.
 
     Keeps a trimmed copy of every managed Job and Pod, current within the watch's latency,
+    each packed (``views.pack_job``: one compact ``bytes`` per object, unpacked when read),
     so that get and list need no API call, and wakes exactly the waiters of a job that
     changed: a blocked UWS WAIT costs no polling, no API call and no CPU while it sleeps.
     Until both watches have listed their objects (and after a watch fails, until it has
@@ -88,8 +128,10 @@ class WatchCache:
         self.list_pages = list_pages
         self.watch = watch
         self.lock = threading.Lock()
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.pods: dict[str, dict[str, dict[str, Any]]] = {}
+        # job id -> packed Job; job id -> its Pods packed together, by name: two objects
+        # per job, read by ``views.unpack``, and no small ones that would outlive a list.
+        self.jobs: dict[str, bytes] = {}
+        self.pods: dict[str, bytes] = {}
         self.waiters: dict[str, Waiters] = {}
         self.deleted: dict[str, float] = {}  # job id -> when this process deleted it
         self._synced = {kind: threading.Event() for kind in KINDS}
@@ -139,26 +181,39 @@ class WatchCache:
                 self.stopped.wait(min(30.0, 0.5 * 2**failures))
 
     def _relist(self, kind: Kind) -> str:
-        items: list[dict[str, Any]] = []
-        trim = trim_job if kind == "jobs" else trim_pod
+        # Packed page by page: a list of 10,000 whole Jobs is hundreds of MB of objects,
+        # of which nothing stays referenced once its page is packed.
+        changes: list[Change] = []
+        version = ""
         page: dict[str, Any] = {}
         for page in self.list_pages(kind, MANAGED_SELECTOR):
-            # Trimmed page by page: a list of 10,000 whole Jobs is hundreds of MB of objects.
-            items.extend(trim(item) for item in page.get("items") or [])
-        version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+            for item in page.get("items") or []:
+                if (change := packed_change(kind, "ADDED", item)) is not None:
+                    changes.append(change)
+            version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        del page
+        jobs: dict[str, bytes] = {}
+        pods_of: dict[str, dict[str, bytes]] = {}
+        for change in changes:  # the pages are gone: the tables' keys are copies of their own
+            if kind == "jobs":
+                jobs[_own(change.job_id)] = change.packed or b""
+            elif change.name:
+                pods_of.setdefault(change.job_id, {})[change.name] = change.packed or b""
+        del changes
+        pods = {
+            _own(job_id): pack({name: unpack(pod) for name, pod in named.items()})
+            for job_id, named in pods_of.items()
+        }
+        del pods_of
         with self.lock:
             if kind == "jobs":
-                self.jobs = {job_id: item for item in items if (job_id := job_id_of(item))}
+                self.jobs = jobs
             else:
-                pods: dict[str, dict[str, dict[str, Any]]] = {}
-                for item in items:
-                    pod = PodView(item)
-                    if (job_id := pod.job_id) and pod.name:
-                        pods.setdefault(job_id, {})[pod.name] = item
                 self.pods = pods
             for waiters in self.waiters.values():  # anything may have changed meanwhile
                 waiters.wake()
         freeze_long_lived()
+        release_free_memory()
         self._synced[kind].set()
         if self.synced:
             self._first_sync_settled.set()
@@ -171,14 +226,17 @@ class WatchCache:
         events = iter(stream)
         try:
             for event in events:
-                item = event.get("object") or {}
-                if event.get("type") == "ERROR":
+                action, item = event.get("type"), event.get("object") or {}
+                del event
+                if action == "ERROR":
                     if item.get("code") == 410:  # too old: list again
                         return None
                     raise RuntimeError(item.get("message") or "watch error")
                 version = (item.get("metadata") or {}).get("resourceVersion") or version
-                if event.get("type") != "BOOKMARK":
-                    self._apply(kind, event.get("type"), item)
+                change = packed_change(kind, action, item) if action != "BOOKMARK" else None
+                del item  # the parsed event is freed before the copy keeps anything new
+                if change is not None:
+                    self._apply(kind, change)
                 if self.stopped.is_set():
                     return version
         finally:
@@ -188,25 +246,28 @@ class WatchCache:
                 close()  # the stream's connection back to the pool
         return version
 
-    def _apply(self, kind: Kind, action: str | None, item: dict[str, Any]) -> None:
-        job_id = job_id_of(item)
-        if job_id is None:
-            return
+    def _apply(self, kind: Kind, change: Change) -> None:
+        job_id, packed = change.job_id, change.packed
         with self.lock:
             if kind == "jobs":
-                if action == "DELETED":
+                if packed is None:
                     self.jobs.pop(job_id, None)
-                elif job_id not in self.deleted and newer(item, self.jobs.get(job_id)):
-                    self.jobs[job_id] = trim_job(item)
+                elif job_id not in self.deleted and _newer(packed, self.jobs.get(job_id)):
+                    _put(self.jobs, job_id, packed)
             else:
-                name = PodView(item).name or ""
-                pods = self.pods.setdefault(job_id, {})
-                if action == "DELETED":
-                    pods.pop(name, None)
-                    if not pods:
-                        del self.pods[job_id]
-                elif newer(item, pods.get(name)):
-                    pods[name] = trim_pod(item)
+                current = self.pods.get(job_id)
+                pods = unpack(current) if current is not None else {}
+                if packed is None:
+                    if pods.pop(change.name, None) is not None:
+                        if pods:
+                            self.pods[job_id] = pack(pods)
+                        else:
+                            del self.pods[job_id]
+                else:
+                    pod = unpack(packed)
+                    if newer(pod, pods.get(change.name)):
+                        pods[change.name] = pod
+                        _put(self.pods, job_id, pack(pods))
             self._notify(job_id)
 
     def _notify(self, job_id: str) -> None:
@@ -224,25 +285,28 @@ class WatchCache:
             job = self.jobs.get(job_id)
             if job is None:
                 return None
-            return job, list(self.pods.get(job_id, {}).values())
+            pods = self.pods.get(job_id)
+        return unpack(job), list(unpack(pods).values()) if pods is not None else []
 
-    def snapshot(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]] | None:
-        """Every cached Job and the Pods of each job id, or None when not synced."""
+    def snapshot(self) -> tuple[list[bytes], dict[str, bytes]] | None:
+        """Every cached Job, and the Pods of each job id by name, packed; None when not synced.
+
+        The caller unpacks them (``views.unpack``), outside the lock.
+        """
         if not self.synced:
             return None
         with self.lock:
-            return list(self.jobs.values()), {
-                job_id: list(pods.values()) for job_id, pods in self.pods.items()
-            }
+            return list(self.jobs.values()), dict(self.pods)
 
     def store(self, job: dict[str, Any]) -> None:
         """A Job this process just wrote (read-your-writes before the watch sees it)."""
         job_id = job_id_of(job)
         if job_id is None:
             return
+        packed = pack_job(job)
         with self.lock:
-            if newer(job, self.jobs.get(job_id)):
-                self.jobs[job_id] = trim_job(job)
+            if _newer(packed, self.jobs.get(job_id)):
+                _put(self.jobs, job_id, packed)
             self._notify(job_id)
 
     def forget(self, job_id: str) -> None:

@@ -1,0 +1,266 @@
+"""The Kubernetes backend's lists: live Jobs from the watched copies, then the history.
+
+A mixin of ``KubernetesBackend``: the attributes and methods declared first are the
+backend's own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from ...config import Settings
+from ...conventions import ANNOTATIONS, LABEL_OWNER
+from ...errors import JobNotFoundError
+from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
+from ...objectstore.history import place_of
+from .archive import Archive, needs_manifest
+from .client import KubernetesApi
+from .memory import release_free_memory
+from .metadata import owner_label
+from .record import record_from_view
+from .status import JobStatus, job_status, start_timed_out
+from .views import JobView, PodView, unpack
+from .watch import MANAGED_SELECTOR, WatchCache
+
+__all__ = ["JobAndPods", "JobListing", "PodsByJob"]
+
+log = logging.getLogger(__name__)
+
+# A list asked for during the watches' first listing waits this long for it.
+FIRST_SYNC_WAIT_SECONDS = 60.0
+# A list of this many live Jobs gives the memory it freed back to the system, this long
+# after it started (its response rendered and sent by then).
+RELEASE_AFTER_JOBS = 1000
+RELEASE_DELAY_SECONDS = 1.0
+
+JobAndPods = tuple[dict[str, Any], list[dict[str, Any]]]
+PodsByJob = dict[str, list[dict[str, Any]]]
+
+
+def _place(record: JobRecord) -> tuple[datetime, str]:
+    """Where a record stands in a list: by creation time, then job id."""
+    return record.creation_time, record.job_id
+
+
+class JobListing:
+    """Listing, archive upkeep of listed Jobs, the start timeout, and the history merge."""
+
+    settings: Settings
+    kube: KubernetesApi
+    archive: Archive
+    _lock: threading.Lock
+    _pool: ThreadPoolExecutor
+    _release: threading.Timer | None
+    _giving_up: set[str]
+    _archived_versions: dict[str, str | None]
+
+    def _informed(self) -> WatchCache:
+        raise NotImplementedError
+
+    def _pods(self, selector: str) -> PodsByJob:
+        raise NotImplementedError
+
+    def _patch(self, job_id: str, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _job_and_pods(self, job_id: str) -> JobAndPods | None:
+        raise NotImplementedError
+
+    def list_records(
+        self, owner: str | None = None, phases: Collection[Phase] | None = None
+    ) -> list[JobRecord]:
+        """The live Jobs' records (of ``owner``; in ``phases``), from the watched copies."""
+        return self._live_records(owner, phases)[0]
+
+    def _live_records(
+        self, owner: str | None, phases: Collection[Phase] | None
+    ) -> tuple[list[JobRecord], set[str]]:
+        """The records, and the ids of every live Job (of ``owner``), in ``phases`` or not.
+
+        From the watched copies (waiting for their first listing); else from the API. Each
+        Job's phase is decided from its views first: a record is built only for the Jobs
+        in ``phases``, and nothing of it is kept once listed.
+        """
+        jobs, pods = self._live_jobs(owner)
+        if len(jobs) >= RELEASE_AFTER_JOBS:
+            self._release_soon()
+        ids = [JobView(job).job_id or "" for job in jobs if needs_manifest(job)]
+        manifests = dict(zip(ids, self._pool.map(self.archive.results, ids), strict=True))
+        records = []
+        live_ids = set()
+        for job in jobs:
+            view = JobView(job)
+            job_id = view.job_id or ""
+            live_ids.add(job_id)
+            results = manifests.get(job_id)
+            job_pods = [PodView(pod) for pod in pods.get(job_id, [])]
+            try:
+                status = job_status(view, job_pods, manifest_exists=results is not None)
+                upkeep = self._upkeep_needed(view, status, results)
+                wanted = phases is None or status.phase in phases
+                if not wanted and not upkeep:
+                    continue
+                record = record_from_view(view, job_pods, status, results)
+            except (KeyError, ValueError) as error:
+                log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
+                continue
+            if upkeep:
+                self._upkeep(view, record)
+            if wanted and (owner is None or record.owner == owner):
+                records.append(record)
+        return records, live_ids
+
+    def _upkeep_needed(self, view: JobView, status: JobStatus, results: list[Any] | None) -> bool:
+        """Whether a listed Job needs its archive kept (once a version) or its start ended."""
+        job_id = view.job_id or ""
+        if status.phase in FINAL_PHASES:
+            kept = self._archived_versions.get(job_id, "")
+            return results is not None and kept != view.resource_version
+        return (
+            status.phase is Phase.QUEUED
+            and job_id not in self._giving_up
+            and start_timed_out(view, utcnow(), self.settings.start_timeout_seconds)
+        )
+
+    def _upkeep(self, view: JobView, record: JobRecord) -> None:
+        """Keep a finished Job's archive (it stays listed), or end a job that cannot start.
+
+        Both in the background: a later list shows the outcome.
+        """
+        if record.phase in FINAL_PHASES:
+            self._archived_versions[record.job_id] = view.resource_version
+            self._pool.submit(self._keep_archived, record)
+        elif record.job_id not in self._giving_up:
+            self._giving_up.add(record.job_id)
+            self._pool.submit(self._give_up, record)
+
+    def _live_jobs(self, owner: str | None) -> tuple[list[dict[str, Any]], PodsByJob]:
+        """Every live Job (of ``owner``) and the Pods of each job id."""
+        watched = self._informed()
+        snapshot = watched.snapshot()
+        if snapshot is None and watched.wait_first_sync(FIRST_SYNC_WAIT_SECONDS):
+            snapshot = watched.snapshot()  # one listing of every Job, not two at once
+        if snapshot is None:
+            selector = MANAGED_SELECTOR
+            if owner is not None:
+                selector += f",{LABEL_OWNER}={owner_label(owner)}"
+            jobs = self.kube.list("jobs", selector)
+            return jobs, self._pods(selector) if jobs else {}
+        packed_jobs, packed_pods = snapshot
+        jobs = [unpack(job) for job in packed_jobs]
+        if owner is not None:
+            wanted = owner_label(owner)
+            jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
+        return jobs, {job_id: list(unpack(pods).values()) for job_id, pods in packed_pods.items()}
+
+    def _release_soon(self) -> None:
+        """Release the freed memory of a long list once it has been answered (one at a time)."""
+        with self._lock:
+            if self._release is not None and self._release.is_alive():
+                return
+            self._release = threading.Timer(RELEASE_DELAY_SECONDS, release_free_memory)
+            self._release.daemon = True
+            self._release.start()
+
+    def _start_overdue(self, job: dict[str, Any], record: JobRecord) -> bool:
+        """A queued job whose pods have not started within the start timeout."""
+        timeout = self.settings.start_timeout_seconds
+        return record.phase is Phase.QUEUED and start_timed_out(JobView(job), utcnow(), timeout)
+
+    def _give_up(self, record: JobRecord) -> JobRecord:
+        """End a job that cannot start: ``error`` with its waiting reason, its pods stopped.
+
+        Suspending the Job makes Kubernetes delete its pods (as an abort does); the record
+        is archived at once, since no uploader ever ran.
+        """
+        timeout = self.settings.start_timeout_seconds
+        reason = record.waiting_reason or "no pod of the job started"
+        message = f"The job could not start within {timeout} s: {reason}"
+        now = utcnow()
+        try:
+            self._patch(
+                record.job_id,
+                {
+                    "metadata": {
+                        "annotations": {
+                            ANNOTATIONS.START_TIMED_OUT: now.isoformat(),
+                            ANNOTATIONS.START_FAILURE: message,
+                        }
+                    },
+                    "spec": {"suspend": True},
+                },
+            )
+        except JobNotFoundError:
+            return record
+        finally:
+            self._giving_up.discard(record.job_id)
+        log.warning("job %s did not start within %d s: %s", record.job_id, timeout, reason)
+        ended = record.model_copy(
+            update={
+                "phase": Phase.ERROR,
+                "end_time": now,
+                "error_message": message,
+                "waiting_reason": "",
+            }
+        )
+        self.archive.keep_current(ended, write_missing=True)
+        return ended
+
+    def _keep_archived(self, record: JobRecord) -> None:
+        try:
+            self.archive.keep_current(record)
+        except Exception:  # a background pass: logged, retried by a later list or read
+            log.exception("archive upkeep of job %s failed", record.job_id)
+
+    def iter_newest(
+        self,
+        owner: str | None,
+        after: str = "",
+        page_size: int = 100,
+        phases: Collection[Phase] | None = None,
+    ) -> Iterator[JobRecord]:
+        """Every kept job newest first, after the sort key ``after``: live Jobs and history.
+
+        The live Jobs come from the watched copies; the jobs whose Job Kubernetes removed
+        from the store's history index, one listing page at a time, their archived records
+        read in parallel. Ordered as ``objectstore.history.sort_key`` orders them.
+        """
+        live, live_ids = self._live_records(owner, phases)
+        if after:
+            before = place_of(after)
+            live = [r for r in live if (r.creation_time, r.job_id) < before]
+        live.sort(key=_place, reverse=True)
+        archived = self._archived_newest(owner, after, page_size, live_ids)
+        yield from heapq.merge(live, archived, key=_place, reverse=True)
+
+    def _archived_newest(
+        self, owner: str | None, after: str, page_size: int, live_ids: set[str]
+    ) -> Iterator[JobRecord]:
+        entries = self.archive.history.newest(owner, after, page_size)
+        while True:
+            page = [entry for _, entry in zip(range(page_size), entries, strict=False)]
+            if not page:
+                return
+            wanted = [entry.job_id for entry in page if entry.job_id not in live_ids]
+            for record in self._pool.map(self.archive.listed, wanted):
+                if record is not None and (owner is None or record.owner == owner):
+                    yield record
+
+    def expired_history(self, now: datetime) -> list[str]:
+        """Ids of archived jobs whose destruction time has come (their Job may be gone).
+
+        An entry left by a job already removed is dropped instead.
+        """
+        due = []
+        for job_id, key in self.archive.history.expired(now):
+            if self.archive.archived(job_id) is None and self._job_and_pods(job_id) is None:
+                self.archive.history.drop(key)
+            else:
+                due.append(job_id)
+        return due

@@ -1,0 +1,48 @@
+"""The C allocator's side of a long-lived watching process: fewer arenas, free pages returned.
+
+glibc's ``malloc`` gives each thread that allocates under contention an arena of its own
+(up to eight per core), and keeps what is freed in each. A server answering lists of
+thousands of jobs on hundreds of threads thus holds many times the memory its watched copy
+needs. Both calls do nothing on another C library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from typing import Any
+
+__all__ = ["MALLOC_ARENAS", "limit_malloc_arenas", "release_free_memory"]
+
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (both are glibc's)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """At most ``arenas`` malloc arenas for the threads that allocate from now on."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Give the C allocator's free pages back to the system (glibc's ``malloc_trim``).
+
+    A listing parses hundreds of MB of pages that are freed once packed, and a long list
+    renders as much; glibc keeps most of that memory mapped, scattered between the few
+    objects that stay, unless asked. Costs milliseconds.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
