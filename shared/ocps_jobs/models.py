@@ -199,6 +199,10 @@ class JobParameter:
     description: str
 
 
+# A resource request: a Kubernetes quantity, or empty (the same as not given).
+_REQUEST_QUANTITY = r"^(" + QUANTITY.removeprefix("^").removesuffix("$") + r")?$"
+
+
 class JobRequest(BaseModel):
     """The body of ``PUT /api/v1/job``, as the OCPS CSC sends it."""
 
@@ -260,7 +264,7 @@ class JobRequest(BaseModel):
         str | None,
         Field(
             max_length=32,
-            pattern=QUANTITY,
+            pattern=_REQUEST_QUANTITY,
             description="CPU the job's container asks for (e.g. `4`, `500m`), at most the "
             "operator's maximum; default: the operator's resources.",
         ),
@@ -270,7 +274,7 @@ class JobRequest(BaseModel):
         str | None,
         Field(
             max_length=32,
-            pattern=QUANTITY,
+            pattern=_REQUEST_QUANTITY,
             description="Memory the job's container asks for (e.g. `16Gi`), at most the "
             "operator's maximum; default: the operator's resources.",
         ),
