@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from flask import Response
@@ -11,33 +12,46 @@ from ..models import LOG_REPLICAS_HEADER, LOG_SKIPPED_HEADER, MAX_REPLICAS, LogQ
 from .parsing import parse_natural
 from .routing import Context, Route
 
-__all__ = ["LOG_ROUTES", "get_log", "parse_log_query"]
+__all__ = ["LOG_ROUTES", "SKIP_PATTERN", "get_log", "parse_log_query"]
 
 API = "/api/v1"
-_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+_FOLLOW = {"true": True, "false": False}
+_ACCEPTED = ("tail", "follow", "skip")
+# skip: one count per replica, at most MAX_REPLICAS (the OpenAPI document uses it too).
+SKIP_PATTERN = rf"^[0-9]+(,[0-9]+){{0,{MAX_REPLICAS - 1}}}$"
+_SKIP = re.compile(SKIP_PATTERN)
 
 
 def parse_log_query(args: dict[str, str]) -> LogQuery:
-    """``tail=N``, ``follow=true``, ``skip=N[,N...]``: ``LogQuery.query_parameters`` parsed."""
+    """``tail=N``, ``follow=true|false``, ``skip=N[,N...]``, as the OpenAPI document says.
+
+    What the document does not allow is a 400: another parameter, an empty ``skip``, a
+    ``follow`` that is not ``true`` or ``false``.
+    """
+    unknown = sorted(set(args) - set(_ACCEPTED))
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown query parameter(s): {', '.join(unknown)[:200]}; "
+            f"accepted are {', '.join(_ACCEPTED)}"
+        )
     tail = None
     if "tail" in args:
         tail = parse_natural(args["tail"])
         if tail is None:
             raise InvalidRequestError("tail must be a non-negative integer")
-    follow_text = args.get("follow", "").strip().lower()
-    if follow_text not in _TRUE | _FALSE:
+    follow = _FOLLOW.get(args.get("follow", "false"))
+    if follow is None:
         raise InvalidRequestError("follow must be true or false")
     skip: list[int] = []
-    if args.get("skip", "").strip():
+    if "skip" in args:
+        if not _SKIP.match(args["skip"]):
+            raise InvalidRequestError(
+                f"skip must be at most {MAX_REPLICAS} non-negative integers (one per replica) "
+                "separated by commas"
+            )
         parts = args["skip"].split(",")
-        if len(parts) > MAX_REPLICAS:
-            raise InvalidRequestError(f"skip has at most {MAX_REPLICAS} counts, one per replica")
-        for part in parts:
-            count = parse_natural(part)
-            if count is None:
-                raise InvalidRequestError("skip must be non-negative integers separated by commas")
-            skip.append(count)
-    return LogQuery(tail=tail, follow=follow_text in _TRUE, skip=tuple(skip))
+        skip = [int(part) if len(part) <= 18 else 10**18 for part in parts]
+    return LogQuery(tail=tail, follow=follow, skip=tuple(skip))
 
 
 def get_log(ctx: Context) -> Response:

@@ -18,6 +18,7 @@ from ..models import (
     ResultListing,
 )
 from ..objectstore.history import SORT_KEY_PATTERN
+from .logs import SKIP_PATTERN
 from .parsing import form_schema
 
 __all__ = ["openapi_document"]
@@ -203,7 +204,7 @@ def openapi_document() -> dict[str, Any]:
                     "name": "skip",
                     "in": "query",
                     "description": "Lines already had, per replica index, comma-separated",
-                    "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+                    "schema": {"type": "string", "pattern": SKIP_PATTERN},
                 },
             ],
             "get": {
