@@ -8,6 +8,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -107,3 +108,16 @@ def bucket(s3_endpoint: str, s3_credentials: None, request: pytest.FixtureReques
     for item in listing.get("Contents", []):
         s3.delete_object(Bucket=name, Key=item["Key"])
     s3.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium (tests/browser.py) whose downloads land in ``browser.downloads``."""
+    from tests.browser import headless_chromium
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    chromium = headless_chromium(downloads)
+    chromium.downloads = downloads
+    yield chromium
+    chromium.quit()

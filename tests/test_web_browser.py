@@ -37,16 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     running.stop()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    chromium = headless_chromium(downloads)
-    chromium.downloads = downloads  # type: ignore[attr-defined]
-    yield chromium
-    chromium.quit()
-
-
 def submit(server: ServeProcess, **body: Any) -> str:
     response = requests.put(f"{server.url}/api/v1/job", json=body, timeout=10)
     assert response.status_code == 200, response.text

@@ -22,7 +22,7 @@ from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import Caller, JobRequest, Phase
 from ocps_jobs.service import JobService
 from ocps_jobs.uploader.upload import Uploader
-from tests.browser import headless_chromium, wait_for
+from tests.browser import wait_for
 from tests.cluster.test_cluster_logs import cri_lines, pods_of, serve_log
 from tests.helpers import wait_until
 
@@ -56,16 +56,6 @@ def serve() -> Iterator[Callable[[JobService], Served]]:
     yield start
     for served in running:
         served.close()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    chromium = headless_chromium(downloads)
-    chromium.downloads = downloads  # type: ignore[attr-defined]
-    yield chromium
-    chromium.quit()
 
 
 def row_phase(browser: webdriver.Chrome, job_id: str) -> str | None:
