@@ -114,6 +114,11 @@ class JobListing:
                 self._upkeep(view, record)
             if wanted and (owner is None or record.owner == owner):
                 records.append(record)
+        if owner is None:
+            # Only Jobs that still exist need their kept version remembered: the TTL removes
+            # the others without a delete through this backend.
+            for gone in self._archived_versions.keys() - live_ids:
+                self._archived_versions.pop(gone, None)
         return records, live_ids
 
     def _upkeep_needed(self, view: JobView, status: JobStatus, results: list[Any] | None) -> bool:
