@@ -7,6 +7,7 @@ folder and her results. None of it is reachable; his own outputs are.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,30 @@ def test_an_aborted_sandboxed_job_gets_its_grace_period(tmp_path: Path) -> None:
     wait_until(lambda: client.get(f"/api/v1/job/{job_id}/phase").get_json() == "aborted")
     listing = client.get(f"/api/v1/job/{job_id}/results").get_json()
     assert any(item["uri"].endswith("/partial.txt") for item in listing), listing
+
+
+def test_the_start_does_not_wait_for_the_sandbox_probe_and_the_first_job_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A bwrap that holds every run (the start's probe included) until the gate opens.
+    real_bwrap, gate, bin_dir = shutil.which("bwrap"), tmp_path / "gate", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bwrap").write_text(
+        f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\nexec "{real_bwrap}" "$@"\n'
+    )
+    (bin_dir / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    settings = Settings.from_env(data_dir=tmp_path / "data", max_concurrent_jobs=1)
+    service = build_service(settings)  # returns while the probe is still held at the gate
+    client = create_embedded_app(service).test_client()
+    job_id = client.put("/api/v1/job", json={"command": "echo $$ > $JOB_OUTPUT_DIR/pid"})
+    assert job_id.status_code == 200
+    gate.touch()
+    wait_until(
+        lambda: (
+            client.get(f"/api/v1/job/{job_id.get_json()['jobId']}/phase").get_json() == "completed"
+        )
+    )
+    # The first job waited for the probe and ran in the sandbox: its own PID namespace,
+    # where the shell bwrap starts has a pid in single digits.
+    assert int(output_text(client, "", job_id.get_json()["jobId"], "pid")) < 10

@@ -34,7 +34,7 @@ from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
 from .logs import LogLine, follow_file
 from .records import InMemoryRecords, queue_pending
-from .sandbox import exit_status, find_sandbox, require_isolation, signal_inside
+from .sandbox import Sandbox, exit_status, sandbox_for, signal_inside
 from .stderr_tail import cap_message, collect_stderr
 
 __all__ = ["LocalBackend"]
@@ -107,8 +107,7 @@ class LocalBackend(InMemoryRecords):
         self.work_dir = settings.data_dir / "work"
         make_dirs(self.state_dir)
         make_dirs(self.work_dir)
-        self._sandbox = find_sandbox(settings)
-        require_isolation(settings, self._sandbox)
+        self._sandbox_of = sandbox_for(settings)
         self._owner = _own_data_dir(settings.data_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -402,6 +401,11 @@ class LocalBackend(InMemoryRecords):
 
     # --- execution -----------------------------------------------------------------------
 
+    @property
+    def _sandbox(self) -> Sandbox | None:
+        """The sandbox jobs run in (the start's probe decided it; waits for it once)."""
+        return self._sandbox_of()
+
     def _signal_run(self, run: _Run, grace: float | None = None) -> None:
         for process in run.processes:
             if self._sandbox is None:
@@ -527,11 +531,12 @@ class LocalBackend(InMemoryRecords):
         cwd: Path,
         log_file: IO[bytes],
     ) -> subprocess.Popen[bytes]:
+        sandbox = self._sandbox  # outside the lock: the first job may wait for the probe
         with self._lock:
             if run.abort_reason is not None:
                 raise _Aborted
-            if self._sandbox is not None:
-                argv = self._sandbox.wrap(argv, self.work_dir / run.job_id, cwd)
+            if sandbox is not None:
+                argv = sandbox.wrap(argv, self.work_dir / run.job_id, cwd)
             process = subprocess.Popen(
                 argv,
                 env=environment,

@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ __all__ = [
     "exit_status",
     "find_sandbox",
     "require_isolation",
+    "sandbox_for",
     "signal_inside",
 ]
 
@@ -112,12 +115,46 @@ def find_sandbox(settings: Settings) -> Sandbox | None:
     return None
 
 
+def sandbox_for(settings: Settings) -> Callable[[], Sandbox | None]:
+    """The sandbox jobs run in, as a call that the first job makes (and may wait on).
+
+    Where the start depends on the answer (``OCPS_LOCAL_SANDBOX=bubblewrap``, or several
+    identities whose jobs must not reach one another) the probe runs now, and a sandbox
+    that cannot run stops the start. Otherwise it runs in the background while the server
+    starts, so that a function's cold start does not wait for a bubblewrap process.
+    """
+    if settings.local_sandbox == "bubblewrap" or needs_isolation(settings):
+        decided = find_sandbox(settings)
+        require_isolation(settings, decided)
+        return lambda: decided
+    if settings.local_sandbox == "none":
+        return lambda: None
+    found: list[Sandbox | None] = []
+    probed = threading.Thread(
+        target=lambda: found.append(find_sandbox(settings)),
+        name="ocps-sandbox-probe",
+        daemon=True,
+    )
+    probed.start()
+
+    def probed_sandbox() -> Sandbox | None:
+        probed.join()
+        return found[0] if found else None  # the probe failed unexpectedly: no sandbox
+
+    return probed_sandbox
+
+
+def needs_isolation(settings: Settings) -> bool:
+    """Whether jobs of several identities run here, so that they must not reach each other."""
+    if not settings.authentication_required:
+        return False
+    identities = set(settings.bearer_tokens().values())
+    return settings.auth_header is not None or len(identities) > 1
+
+
 def require_isolation(settings: Settings, sandbox: Sandbox | None) -> None:
     """Refuse to serve several identities when their jobs could reach one another."""
-    if sandbox is not None or not settings.authentication_required:
-        return
-    identities = set(settings.bearer_tokens().values())
-    if settings.auth_header is None and len(identities) <= 1:
+    if sandbox is not None or not needs_isolation(settings):
         return
     raise SettingsError(
         "Authentication for more than one identity on the local backend needs a job "

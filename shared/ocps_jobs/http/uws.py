@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
 from ..models import JOB_PARAMETERS, JobRequest, ParameterKind, Phase
 from ..service import ListQuery
+from .environ import CLIENT_DISCONNECTED_KEY
 from .parsing import (
     FORM_TYPES,
     form_fields,
@@ -42,7 +43,6 @@ from .parsing import (
     validation_message,
 )
 from .routing import Context, Route
-from .server import CLIENT_DISCONNECTED_KEY
 from .uws_xml import (
     ENV_ENTRY,
     job_document,
