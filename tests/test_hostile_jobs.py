@@ -57,9 +57,12 @@ def test_remove_tree_removes_a_link_not_its_target(tmp_path: Path) -> None:
     assert (tmp_path / "target" / "kept.txt").read_text() == "kept"
 
 
-def test_deep_output_trees_neither_kill_workers_nor_block_delete(
-    settings: Settings, client: FlaskClient
-) -> None:
+def test_deep_output_trees_neither_kill_workers_nor_block_delete(tmp_path: Path) -> None:
+    # An operator may allow trees this deep (OCPS_MAX_OUTPUT_DEPTH); they are uploaded whole.
+    settings = Settings.from_env(
+        data_dir=tmp_path / "data", max_concurrent_jobs=2, max_output_depth=DEPTH
+    )
+    client = create_embedded_app(build_service(settings)).test_client()
     # Two workers: two deep jobs used to kill both, and every later job stayed queued.
     deep_jobs = [submit(client, command=DEEP_TREE) for _ in range(2)]
     for job_id in deep_jobs:

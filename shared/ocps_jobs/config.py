@@ -35,7 +35,7 @@ from .podconfig import (
     check_label_key,
     check_label_value,
 )
-from .uploader.contract import DEFAULT_UPLOAD_INTERVAL_SECONDS
+from .uploader.contract import DEFAULT_OUTPUT_LIMITS, DEFAULT_UPLOAD_INTERVAL_SECONDS, OutputLimits
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -181,6 +181,12 @@ class Settings(BaseModel):
     # Native sidecars stop when the job's command ends: the final upload must fit in here.
     job_termination_grace_seconds: int = Field(default=300, ge=30)
     s3_credentials_secret: str = "ocps-jobs-s3"  # noqa: S105 - a Secret's name
+
+    # Limits on one job's outputs, on both backends (README "Limits"): the files past them
+    # are listed as skipped in the manifest, and the job's other results are kept.
+    max_output_bytes: int = Field(default=DEFAULT_OUTPUT_LIMITS.max_bytes, ge=1)
+    max_output_files: int = Field(default=DEFAULT_OUTPUT_LIMITS.max_files, ge=1)
+    max_output_depth: int = Field(default=DEFAULT_OUTPUT_LIMITS.max_depth, ge=0, le=10_000)
 
     # Job pods as the summit's pipelines need them (docs/migrating-from-2021.md).
     # NAME -> an NFS export or a PVC, read-only or read-write, at DATA_DIR_<NAME>.
@@ -369,6 +375,15 @@ class Settings(BaseModel):
         if any(variable.secret is not None for variable in self.job_variables.values()):
             ignored.append("OCPS_JOB_VARIABLES (those from Secrets)")
         return ignored
+
+    @property
+    def output_limits(self) -> OutputLimits:
+        """The limits on one job's outputs, as the uploader is given them."""
+        return OutputLimits(
+            max_bytes=self.max_output_bytes,
+            max_files=self.max_output_files,
+            max_depth=self.max_output_depth,
+        )
 
     @property
     def authentication_required(self) -> bool:

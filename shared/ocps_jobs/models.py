@@ -27,6 +27,8 @@ __all__ = [
     "JOB_PARAMETERS",
     "LOG_REPLICAS_HEADER",
     "LOG_SKIPPED_HEADER",
+    "MAX_JOB_OBJECT_RESULTS",
+    "MAX_RESULTS_PAGE",
     "Caller",
     "DeleteResponse",
     "EnvironmentVariable",
@@ -55,6 +57,11 @@ MAX_ENV_VALUE_LENGTH = 32_768
 MAX_URL_LENGTH = 2_048
 MAX_COMMIT_REF_LENGTH = 255
 MAX_REPLICAS = 16
+# The job object (JSON and UWS) lists at most this many results, the first in the listing's
+# order; past it, its jobInfo has the count and a link to the paginated listing.
+MAX_JOB_OBJECT_RESULTS = 1000
+# The most results one page of ``GET /api/v1/job/{jobId}/results?limit=`` holds.
+MAX_RESULTS_PAGE = 1000
 
 
 def utcnow() -> datetime:
@@ -439,9 +446,16 @@ class JobDocument(BaseModel):
     executionDuration: int | None
     destruction: str | None
     parameters: SeedParameters
-    results: list[ResultReference]
+    results: list[ResultReference] = Field(
+        description=f"The first {MAX_JOB_OBJECT_RESULTS} results; all of them are at "
+        "`/api/v1/job/{jobId}/results`."
+    )
     errorSummary: ErrorSummary
-    jobInfo: dict[str, Any]
+    jobInfo: dict[str, Any] = Field(
+        description="What ran (`commitSha`, `imageDigest`) once known; for a job with more "
+        f"than {MAX_JOB_OBJECT_RESULTS} results, `resultCount` (all of them) and "
+        "`resultsLink` (the first page of the paginated listing)."
+    )
 
 
 # A log answer carries this header when each line starts with its replica's index: ``[1] ``.

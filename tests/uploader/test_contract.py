@@ -18,6 +18,7 @@ from ocps_jobs.backends.kubernetes.spec import (
 )
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import ENV_JOB_REPLICA_INDEX, LOG_RESULT_NAME
+from ocps_jobs.errors import SettingsError
 from ocps_jobs.models import JobParameters, JobRecord
 from ocps_jobs.objectstore import open_store
 from ocps_jobs.objectstore.filesystem import FilesystemStore
@@ -28,6 +29,7 @@ from ocps_jobs.uploader.contract import (
     FAILURE_FILE_NAME,
     LOG_FILE_NAME,
     STDERR_FILE_NAME,
+    OutputLimits,
     UploaderConfig,
     UploaderConfigError,
 )
@@ -54,6 +56,7 @@ EVERYTHING = UploaderConfig(
     replica_index=2,
     log_level="DEBUG",
     log_format="json",
+    limits=OutputLimits(max_bytes=5_000, max_files=6, max_depth=7),
 )
 
 
@@ -91,6 +94,34 @@ def test_one_upload_interval_default_for_settings_and_the_uploader() -> None:
     assert LOG_FILE_NAME == LOG_RESULT_NAME
 
 
+def test_the_output_limits_are_settings_of_the_same_names_with_the_same_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().output_limits == OutputLimits()
+    monkeypatch.setenv("OCPS_MAX_OUTPUT_FILES", "250")
+    monkeypatch.setenv("OCPS_MAX_OUTPUT_DEPTH", "0")
+    assert Settings.from_env().output_limits == OutputLimits(max_files=250, max_depth=0)
+    limits = UploaderConfig(job_id=JOB_ID, output_dir="/o", limits=Settings().output_limits)
+    assert limits.to_environment()["OCPS_MAX_OUTPUT_BYTES"] == str(Settings().max_output_bytes)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OCPS_MAX_OUTPUT_BYTES", "0"),
+        ("OCPS_MAX_OUTPUT_FILES", "many"),
+        ("OCPS_MAX_OUTPUT_DEPTH", "-2"),
+    ],
+)
+def test_a_bad_output_limit_stops_the_service_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable) as refused:
+        Settings.from_env()
+    assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -103,6 +134,10 @@ def test_one_upload_interval_default_for_settings_and_the_uploader() -> None:
         ("OCPS_REPLICAS", "three"),
         ("OCPS_REPLICAS", "0"),
         (ENV_JOB_REPLICA_INDEX, "-1"),
+        ("OCPS_MAX_OUTPUT_BYTES", "0"),
+        ("OCPS_MAX_OUTPUT_BYTES", "5G"),
+        ("OCPS_MAX_OUTPUT_FILES", "0"),
+        ("OCPS_MAX_OUTPUT_DEPTH", "-1"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_variable(variable: str, value: str) -> None:
@@ -122,7 +157,12 @@ def test_a_missing_required_variable_is_named(variable: str) -> None:
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_the_job_builders_uploader_environment_parses_back_to_its_config(replicas: int) -> None:
     settings = Settings(
-        backend="kubernetes", s3_endpoint="http://minio:9000", upload_interval_seconds=7
+        backend="kubernetes",
+        s3_endpoint="http://minio:9000",
+        upload_interval_seconds=7,
+        max_output_bytes=10**9,
+        max_output_files=12,
+        max_output_depth=3,
     )
     record = JobRecord(
         job_id=JOB_ID,
@@ -138,6 +178,7 @@ def test_the_job_builders_uploader_environment_parses_back_to_its_config(replica
     assert parsed == uploader_configuration(JOB_ID, replicas, settings)
     assert (parsed.replicas, parsed.upload_interval_seconds) == (replicas, 7)
     assert parsed.s3_endpoint == "http://minio:9000" and parsed.bucket == settings.bucket
+    assert parsed.limits == OutputLimits(max_bytes=10**9, max_files=12, max_depth=3)
     (main,) = pod.containers
     _, job_environment = container_view(main, {})
     assert parsed.output_dir == job_environment["JOB_OUTPUT_DIR"]

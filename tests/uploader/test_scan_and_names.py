@@ -47,8 +47,8 @@ def test_a_link_swapped_in_after_the_scan_is_not_followed(
     job.write("plain.txt", b"plain")
     scan = upload_module.scan_outputs
 
-    def scan_then_swap(*args: Any) -> Iterator[Any]:
-        yield from scan(*args)
+    def scan_then_swap(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield from scan(*args, **kwargs)
         # Between the scan and the upload: the folder, then a file, become links.
         (job.out / "d").rename(job.out / "d-old")
         (job.out / "d").symlink_to(secrets, target_is_directory=True)

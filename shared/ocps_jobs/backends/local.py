@@ -180,7 +180,9 @@ class LocalBackend(InMemoryRecords):
         try:
             if self.output_dir(job_id).is_dir():
                 extra = {LOG_RESULT_NAME: log_path} if log_path.is_file() else {}
-                manifest = Uploader(self.store, job_id, self.output_dir(job_id)).finish(extra)
+                manifest = Uploader(
+                    self.store, job_id, self.output_dir(job_id), limits=self.settings.output_limits
+                ).finish(extra)
                 results = ResultFile.listed(manifest_files(manifest))
         except Exception:
             log.exception("uploading the outputs of interrupted job %s failed", job_id)
@@ -508,9 +510,8 @@ class LocalBackend(InMemoryRecords):
         try:
             codes = [process.returncode for process in run.processes]  # the manifest's, as on K8s
             exit_code = next((code for code in codes if code), 0 if codes else None)
-            manifest = Uploader(self.store, job_id, output_dir).finish(
-                {LOG_RESULT_NAME: log_path}, exitCode=exit_code
-            )
+            uploader = Uploader(self.store, job_id, output_dir, limits=self.settings.output_limits)
+            manifest = uploader.finish({LOG_RESULT_NAME: log_path}, exitCode=exit_code)
         except Exception as error:
             log.exception("upload of job %s outputs failed", job_id)
             self._finish(job_id, run, Phase.ERROR, f"Upload of the job's results failed: {error}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Response
 
 from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..errors import InvalidRequestError
-from ..models import DeleteResponse, JobRequest, Phase
+from ..models import MAX_RESULTS_PAGE, DeleteResponse, JobRecord, JobRequest, Phase
 from ..service import ListQuery
 from .downloads import download_response
 from .openapi import openapi_document
@@ -22,9 +23,24 @@ __all__ = ["CREATE_JOB_ROUTES", "QUERY_JOB_ROUTES", "RESULTS_ROUTES"]
 API = "/api/v1"
 
 
+def _results_path(job_id: str) -> str:
+    return f"{API}/job/{job_id}/results"
+
+
+def _results_page_link(job_id: str, limit: int, cursor: int) -> str:
+    """The paginated results listing: ``limit`` results from position ``cursor``."""
+    query = {"limit": str(limit), **({"cursor": str(cursor)} if cursor else {})}
+    return f"{_results_path(job_id)}?{urlencode(query)}"
+
+
+def _document(ctx: Context, record: JobRecord) -> dict[str, Any]:
+    """The job object, linking to its paginated results when it cannot list them all."""
+    link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
+    return job_document(record, ctx.service.results_of(record), ctx.service.store, link)
+
+
 def _job_response(ctx: Context, job_id: str) -> Response:
-    record = ctx.service.get_job(job_id, ctx.caller)
-    return json_response(job_document(record, ctx.service.results_of(record), ctx.service.store))
+    return json_response(_document(ctx, ctx.service.get_job(job_id, ctx.caller)))
 
 
 def create_job(ctx: Context) -> Response:
@@ -71,10 +87,7 @@ def list_jobs(ctx: Context) -> Response:
     limit = _page_size(ctx.request.args.get("limit"), cursor)
     page = ctx.service.list_page(ctx.caller, ListQuery(phases=phases, limit=limit, cursor=cursor))
     records = page.records if limit is not None else page.records[::-1]
-    store = ctx.service.store
-    response = json_response(
-        [job_document(record, ctx.service.results_of(record), store) for record in records]
-    )
+    response = json_response([_document(ctx, record) for record in records])
     if page.next_cursor is not None and limit is not None:
         query = {"limit": str(limit), "cursor": page.next_cursor}
         if phase_text:
@@ -106,9 +119,33 @@ def get_openapi(ctx: Context) -> Response:
 
 
 def list_results(ctx: Context) -> Response:
-    """``GET /api/v1/job/{jobId}/results``: ``[{id, uri, size, mimeType}]``."""
-    results = ctx.service.list_results(ctx.params["job_id"], ctx.caller)
-    return json_response([result_listing(result, ctx.service.store) for result in results])
+    """``GET /api/v1/job/{jobId}/results[?limit=n][&cursor=c]``: ``[{id, uri, size, ...}]``.
+
+    Without paging parameters (as the 2021 clients ask): every result. With ``limit`` (and
+    ``cursor`` from the previous page's ``Link: <...>; rel="next"`` header): one page, in
+    the same order, with that header while more results follow.
+    """
+    job_id = ctx.params["job_id"]
+    cursor_text = ctx.request.args.get("cursor")
+    limit_text = ctx.request.args.get("limit")
+    cursor = 0
+    if cursor_text is not None:
+        parsed = parse_natural(cursor_text)
+        if parsed is None:
+            raise InvalidRequestError("cursor must be a non-negative integer")
+        cursor = parsed
+    limit = None
+    if limit_text is not None or cursor_text is not None:
+        limit = MAX_RESULTS_PAGE if limit_text is None else parse_natural(limit_text)
+        if limit is None or not 1 <= limit <= MAX_RESULTS_PAGE:
+            raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_RESULTS_PAGE}")
+    results = ctx.service.list_results(job_id, ctx.caller)
+    page = results if limit is None else results[cursor : cursor + limit]
+    response = json_response([result_listing(result, ctx.service.store) for result in page])
+    if limit is not None and cursor + limit < len(results):
+        link = _results_page_link(job_id, limit, cursor + limit)
+        response.headers["Link"] = f'<{link}>; rel="next"'
+    return response
 
 
 _BY_INDEX = re.compile(r"^(?P<job_id>[0-9a-f]{32})/(?P<index>[^/]+)$")

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..models import (
+    MAX_RESULTS_PAGE,
     DeleteResponse,
     ErrorBody,
     JobDocument,
@@ -178,9 +179,33 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_JOB_ID],
             "get": {
                 "operationId": "listJobResults",
+                "summary": "List the job's results, all of them or one page",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Page size: one page of results, in the listing's order, with a"
+                            " Link rel=next header while more follow"
+                            f" ({MAX_RESULTS_PAGE} with a cursor alone)"
+                        ),
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS_PAGE},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "Where the next page starts, as the Link header gave it",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
                 "responses": {
-                    "200": _json({"type": "array", "items": _ref("ResultListing")}, "Results"),
-                    **_errors(404, 503),
+                    "200": _json(
+                        {"type": "array", "items": _ref("ResultListing")},
+                        "Results; without limit or cursor, every one",
+                    ),
+                    **_errors(400, 404, 503),
                 },
             },
         },

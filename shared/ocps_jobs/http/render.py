@@ -13,7 +13,7 @@ from ..errors import (
     OCPSError,
     RangeNotSatisfiableError,
 )
-from ..models import JobRecord, ResultFile, format_seed_time
+from ..models import MAX_JOB_OBJECT_RESULTS, JobRecord, ResultFile, format_seed_time
 from ..objectstore import ObjectStore
 from ..resultids import encode_result_id
 
@@ -65,9 +65,21 @@ def result_listing(result: ResultFile, store: ObjectStore) -> dict[str, Any]:
 
 
 def job_document(
-    record: JobRecord, results: list[ResultFile], store: ObjectStore
+    record: JobRecord,
+    results: list[ResultFile],
+    store: ObjectStore,
+    results_link: str | None = None,
 ) -> dict[str, Any]:
-    """The seed's job object, field for field and in the seed's order."""
+    """The seed's job object, field for field and in the seed's order.
+
+    It lists the first ``MAX_JOB_OBJECT_RESULTS`` results; with more, ``jobInfo`` has
+    ``resultCount`` (all of them) and ``resultsLink`` (the paginated listing's first page).
+    """
+    info: dict[str, Any] = dict(provenance(record))
+    if len(results) > MAX_JOB_OBJECT_RESULTS:
+        info["resultCount"] = len(results)
+        if results_link is not None:
+            info["resultsLink"] = results_link
     return {
         "jobId": record.job_id,
         "runId": record.run_id,
@@ -87,10 +99,10 @@ def job_document(
             "url": record.parameters.url,
             "commit_ref": record.parameters.commit_ref,
         },
-        "results": [result_reference(result, store) for result in results],
+        "results": [result_reference(result, store) for result in results[:MAX_JOB_OBJECT_RESULTS]],
         # While queued, why its pods cannot start: the seed's fields, no new one for the CSC.
         "errorSummary": {"message": record.error_message or record.waiting_reason},
-        "jobInfo": provenance(record),
+        "jobInfo": info,
     }
 
 

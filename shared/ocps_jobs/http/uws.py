@@ -239,7 +239,8 @@ def _job_xml(ctx: Context, job_id: str, wait: bool = False) -> Response:
     else:
         record = service.get_job(job_id, ctx.caller)
     results = service.results_of(record)
-    return xml_response(job_document(record, results, _download_base(ctx)))
+    results_url = _job_url(ctx, record.job_id) + "/results"
+    return xml_response(job_document(record, results, _download_base(ctx), results_url))
 
 
 def _wait_seconds(text: str) -> float:

@@ -11,7 +11,14 @@ from flask import Response
 
 from ..conventions import output_prefix
 from ..errors import AuthenticationRequiredError, MethodNotAllowedError, OCPSError
-from ..models import JOB_PARAMETERS, JobRecord, ParameterKind, Phase, ResultFile
+from ..models import (
+    JOB_PARAMETERS,
+    MAX_JOB_OBJECT_RESULTS,
+    JobRecord,
+    ParameterKind,
+    Phase,
+    ResultFile,
+)
 from ..resultids import encode_result_id
 from .render import provenance
 
@@ -165,8 +172,18 @@ def _error_summary(parent: ET.Element, record: JobRecord) -> None:
     _child(summary, "message", record.error_message)
 
 
-def job_document(record: JobRecord, results: list[ResultFile], download_base: str) -> ET.Element:
-    """``<uws:job version="1.1">`` with every element of ``JobSummary`` in schema order."""
+def job_document(
+    record: JobRecord,
+    results: list[ResultFile],
+    download_base: str,
+    results_url: str | None = None,
+) -> ET.Element:
+    """``<uws:job version="1.1">`` with every element of ``JobSummary`` in schema order.
+
+    Its ``<uws:results>`` holds the first ``MAX_JOB_OBJECT_RESULTS``; with more, its
+    ``jobInfo`` has ``<ocps:resultCount>`` and ``<ocps:results xlink:href>``, the job's
+    ``/results`` (every one).
+    """
     root = ET.Element(_uws("job"), {"version": UWS_VERSION})
     _child(root, "jobId", record.job_id)
     _child(root, "runId", record.run_id)
@@ -179,22 +196,33 @@ def job_document(record: JobRecord, results: list[ResultFile], download_base: st
     _child(root, "executionDuration", str(record.execution_duration or 0))
     _time_child(root, "destruction", record.destruction)
     root.append(parameters_element(record))
-    root.append(results_element(record, results, download_base))
+    root.append(results_element(record, results[:MAX_JOB_OBJECT_RESULTS], download_base))
     _error_summary(root, record)
-    _job_info(root, record)
+    more = len(results) if len(results) > MAX_JOB_OBJECT_RESULTS else None
+    _job_info(root, record, more, results_url)
     return root
 
 
-def _job_info(parent: ET.Element, record: JobRecord) -> None:
-    """``<uws:jobInfo>``: what ran (commit, image) and why a queued job's pods wait."""
+def _job_info(
+    parent: ET.Element, record: JobRecord, result_count: int | None, results_url: str | None
+) -> None:
+    """``<uws:jobInfo>``: what ran, why a queued job waits, where all its results are.
+
+    The results' count and link are there only when the job document does not list them all.
+    """
     known = provenance(record)
-    if not known and not record.waiting_reason:
+    if not known and not record.waiting_reason and result_count is None:
         return
     info = ET.SubElement(parent, _uws("jobInfo"))
     for name, value in known.items():
         _child(info, name, value)
     if record.waiting_reason:
         ET.SubElement(info, f"{{{OCPS_NS}}}waitingReason").text = clean_text(record.waiting_reason)
+    if result_count is not None:
+        ET.SubElement(info, f"{{{OCPS_NS}}}resultCount").text = str(result_count)
+        if results_url is not None:
+            link = {f"{{{XLINK_NS}}}type": "simple", f"{{{XLINK_NS}}}href": results_url}
+            ET.SubElement(info, f"{{{OCPS_NS}}}results", link)
 
 
 def job_list_document(records: list[JobRecord], job_base: str) -> ET.Element:

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_BUCKET",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_OUTPUT_LIMITS",
     "DEFAULT_S3_REGION",
     "DEFAULT_UPLOAD_ATTEMPTS",
     "DEFAULT_UPLOAD_BACKOFF_SECONDS",
@@ -25,6 +26,9 @@ __all__ = [
     "ENV_LOG_FILE",
     "ENV_LOG_FORMAT",
     "ENV_LOG_LEVEL",
+    "ENV_MAX_OUTPUT_BYTES",
+    "ENV_MAX_OUTPUT_DEPTH",
+    "ENV_MAX_OUTPUT_FILES",
     "ENV_REPLICAS",
     "ENV_S3_ENDPOINT",
     "ENV_S3_REGION",
@@ -36,6 +40,7 @@ __all__ = [
     "FAILURE_FILE_NAME",
     "LOG_FILE_NAME",
     "STDERR_FILE_NAME",
+    "OutputLimits",
     "UploaderConfig",
     "UploaderConfigError",
 ]
@@ -56,6 +61,10 @@ ENV_JOB_RECORD = "OCPS_JOB_RECORD"
 ENV_REPLICAS = "OCPS_REPLICAS"
 ENV_LOG_LEVEL = "OCPS_LOG_LEVEL"
 ENV_LOG_FORMAT = "OCPS_LOG_FORMAT"
+# The operator's limits on one job's outputs: the same names as the service's settings.
+ENV_MAX_OUTPUT_BYTES = "OCPS_MAX_OUTPUT_BYTES"
+ENV_MAX_OUTPUT_FILES = "OCPS_MAX_OUTPUT_FILES"
+ENV_MAX_OUTPUT_DEPTH = "OCPS_MAX_OUTPUT_DEPTH"
 
 # --- the files the job's side leaves in its work folder (the output folder's parent) --------
 
@@ -76,6 +85,23 @@ DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_LOG_FORMAT = "auto"  # JSON lines, or text in a terminal (observability.logs)
 
 Number = TypeVar("Number", int, float)
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """What one job's results may hold; the files past a limit are skipped, the rest kept.
+
+    ``max_bytes`` is the sum of the files' apparent sizes (a sparse file counts in full),
+    ``max_files`` the number of files, ``max_depth`` the most folders a file may be below
+    ``$JOB_OUTPUT_DIR`` (``a/b/c.txt`` is two deep). The captured log is not counted.
+    """
+
+    max_bytes: int = 100 * 1024**3
+    max_files: int = 100_000
+    max_depth: int = 64
+
+
+DEFAULT_OUTPUT_LIMITS = OutputLimits()
 
 
 class UploaderConfigError(ValueError):
@@ -108,6 +134,7 @@ class UploaderConfig:
     replica_index: int | None = None
     log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = DEFAULT_LOG_FORMAT
+    limits: OutputLimits = DEFAULT_OUTPUT_LIMITS
 
     @property
     def work_dir(self) -> str:
@@ -153,6 +180,9 @@ class UploaderConfig:
             ENV_UPLOAD_BACKOFF: _number_text(self.upload_backoff_seconds),
             ENV_LOG_LEVEL: self.log_level,
             ENV_LOG_FORMAT: self.log_format,
+            ENV_MAX_OUTPUT_BYTES: str(self.limits.max_bytes),
+            ENV_MAX_OUTPUT_FILES: str(self.limits.max_files),
+            ENV_MAX_OUTPUT_DEPTH: str(self.limits.max_depth),
             **{name: value for name, value in optional.items() if value is not None},
         }
 
@@ -210,6 +240,11 @@ class UploaderConfig:
             replica_index=None if index is None else number(ENV_JOB_REPLICA_INDEX, int, 0, 0),
             log_level=text(ENV_LOG_LEVEL) or DEFAULT_LOG_LEVEL,
             log_format=text(ENV_LOG_FORMAT) or DEFAULT_LOG_FORMAT,
+            limits=OutputLimits(
+                max_bytes=number(ENV_MAX_OUTPUT_BYTES, int, DEFAULT_OUTPUT_LIMITS.max_bytes, 1),
+                max_files=number(ENV_MAX_OUTPUT_FILES, int, DEFAULT_OUTPUT_LIMITS.max_files, 1),
+                max_depth=number(ENV_MAX_OUTPUT_DEPTH, int, DEFAULT_OUTPUT_LIMITS.max_depth, 0),
+            ),
         )
 
 

@@ -60,6 +60,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         attempts=config.upload_attempts,
         backoff_seconds=config.upload_backoff_seconds,
         manifest=replica_manifest_key(job_id, config.index) if replicated else None,
+        limits=config.limits,
     )
     while not stop.is_set() and not exit_code_file.exists():
         try:

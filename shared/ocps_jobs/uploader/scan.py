@@ -98,12 +98,20 @@ def descriptor_path(descriptor: int, fallback: str) -> str:
     return magic if os.path.exists(magic) else fallback
 
 
-def scan_outputs(output_dir: Path, unreadable: list[str] | None = None) -> Iterator[OutputFile]:
+def scan_outputs(
+    output_dir: Path,
+    unreadable: list[str] | None = None,
+    *,
+    max_depth: int | None = None,
+    too_deep: list[str] | None = None,
+) -> Iterator[OutputFile]:
     """Every regular file under ``output_dir``; symbolic links are not followed or uploaded.
 
     A folder's files come before its subfolders, each in name order. Folders the uploader
     may not list are added to ``unreadable`` (their paths, ending in ``/``) and skipped;
-    paths of any depth are read, folder by folder, never by their whole length.
+    paths of any depth are read, folder by folder, never by their whole length. With
+    ``max_depth``, a folder whose files would be more than that many folders deep is not
+    read: its path (ending in ``/``) is added to ``too_deep``.
     """
     root = str(output_dir)
     pending: list[list[str]] = [[]]
@@ -130,7 +138,12 @@ def scan_outputs(output_dir: Path, unreadable: list[str] | None = None) -> Itera
             for entry in entries:
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        subfolders.append([*parts, entry.name])
+                        inner = [*parts, entry.name]
+                        if max_depth is not None and len(inner) > max_depth:
+                            if too_deep is not None:
+                                too_deep.append(result_name("/".join(inner)) + "/")
+                        else:
+                            subfolders.append(inner)
                     elif entry.is_file(follow_symlinks=False):
                         info = entry.stat(follow_symlinks=False)
                         source = "/".join([*parts, entry.name])

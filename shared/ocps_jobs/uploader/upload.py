@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 from ..conventions import manifest_key, output_key
 from ..errors import BackendUnavailableError
 from ..objectstore.base import ObjectStore, guess_content_type
-from .contract import DEFAULT_UPLOAD_ATTEMPTS, DEFAULT_UPLOAD_BACKOFF_SECONDS
+from .contract import (
+    DEFAULT_OUTPUT_LIMITS,
+    DEFAULT_UPLOAD_ATTEMPTS,
+    DEFAULT_UPLOAD_BACKOFF_SECONDS,
+    OutputLimits,
+)
 from .manifest import ManifestFile, build_manifest, store_manifest
 from .names import alternate_name
 from .scan import FORBIDDEN, GONE, OutputFile, descriptor_path, open_beneath, scan_outputs
@@ -42,6 +47,7 @@ class Uploader:
         backoff_seconds: float = DEFAULT_UPLOAD_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         manifest: str | None = None,
+        limits: OutputLimits = DEFAULT_OUTPUT_LIMITS,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -51,6 +57,7 @@ class Uploader:
         self.backoff_seconds = backoff_seconds
         self.sleep = sleep
         self.manifest = manifest or manifest_key(job_id)  # where finish() writes it
+        self.limits = limits
         # result name -> (source file, size, mtime, sha256) of what the store holds under it
         self._uploaded: dict[str, tuple[str, int, int, str]] = {}
         self._present: set[str] = set()  # result names of the files seen by the latest scan
@@ -82,11 +89,52 @@ class Uploader:
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
-    def _skip(self, name: str, reason: str) -> None:
-        """Keep the other results; the manifest names this one. Later passes try again."""
-        if self._skipped.get(name) != reason:  # said once, not every pass
+    def _skip(self, name: str, reason: str, *, quiet: bool = False) -> None:
+        """Keep the other results; the manifest names this one. Later passes try again.
+
+        ``quiet``: the caller logs one line for many such files.
+        """
+        if self._skipped.get(name) != reason and not quiet:  # said once, not every pass
             log.warning("%s is not uploaded: %s", name, reason, extra={"job_id": self.job_id})
         self._skipped[name] = reason
+
+    def _within_limits(self, items: list[OutputFile], outputs: int) -> list[OutputFile]:
+        """The items to keep: the job's first files within its limits, and every extra.
+
+        The first ``outputs`` items are the job's files, in the scan's order: past the
+        file count, the rest are skipped; a file whose apparent size would take the total
+        past the byte limit is skipped (never opened), and a later smaller one may still
+        fit. The extras (the captured log) are the service's own and always kept.
+        """
+        limits = self.limits
+        over_files = f"over the job's output-files limit ({_count(limits.max_files, 'file')})"
+        over_bytes = f"over the job's output-bytes limit ({_count(limits.max_bytes, 'byte')})"
+        kept: list[OutputFile] = []
+        newly_skipped = 0
+        files = total = 0
+        for index, item in enumerate(items):
+            if index < outputs:
+                if files >= limits.max_files:
+                    reason = over_files
+                elif total + item.size > limits.max_bytes:
+                    reason = over_bytes
+                else:
+                    files += 1
+                    total += item.size
+                    kept.append(item)
+                    continue
+                newly_skipped += self._skipped.get(item.relative_path) != reason
+                self._forget(item.relative_path)
+                self._skip(item.relative_path, reason, quiet=True)
+                continue
+            kept.append(item)
+        if newly_skipped:
+            log.warning(
+                "%d more files are not uploaded: over the job's output limits",
+                newly_skipped,
+                extra={"job_id": self.job_id, "files": newly_skipped},
+            )
+        return kept
 
     def _forget(self, name: str) -> None:
         """What an earlier pass uploaded under ``name`` is no longer this file's content."""
@@ -176,7 +224,9 @@ class Uploader:
     def upload_changed(self, extra: dict[str, Path] | None = None) -> int:
         """Upload files that are new or changed since the last pass; returns how many."""
         unreadable: list[str] = []
-        items = list(scan_outputs(self.output_dir, unreadable))
+        too_deep: list[str] = []
+        depth = self.limits.max_depth
+        items = list(scan_outputs(self.output_dir, unreadable, max_depth=depth, too_deep=too_deep))
         outputs = len(items)
         for relative, path in (extra or {}).items():
             try:
@@ -192,7 +242,13 @@ class Uploader:
         items = self._unique_names(items, extras=len(items) - outputs)
         for folder in unreadable:
             self._skip(folder, "the job left this folder unreadable to the uploader's user")
-        self._present = {item.relative_path for item in items} | set(unreadable)
+        for folder in too_deep:
+            self._skip(
+                folder, f"deeper than the job's output-depth limit ({_count(depth, 'folder')})"
+            )
+        seen = {item.relative_path for item in items}
+        items = self._within_limits(items, outputs)
+        self._present = seen | set(unreadable) | set(too_deep)
         changed = [
             item
             for item in items
@@ -211,8 +267,8 @@ class Uploader:
         """Final pass, then the manifest: its presence means every listed file is in the store.
 
         Files the job deleted after an earlier pass uploaded them are not results; files
-        that cannot be kept (unreadable to the uploader, a key too long for the store) are
-        listed under ``skipped``, each with the reason.
+        that cannot be kept (unreadable to the uploader, a key too long for the store, past
+        the job's output limits) are listed under ``skipped``, each with the reason.
         """
         self.upload_changed(extra)
         files = [
@@ -235,3 +291,8 @@ class Uploader:
         key = self.manifest
         self.retry("manifest upload", lambda: store_manifest(self.store, key, manifest))
         return manifest
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 file``, ``5 files``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

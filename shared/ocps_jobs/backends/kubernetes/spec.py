@@ -155,6 +155,7 @@ def uploader_configuration(job_id: str, replicas: int, settings: Settings) -> Up
         s3_endpoint=settings.s3_endpoint or None,
         upload_interval_seconds=settings.upload_interval_seconds,
         job_record_file=RECORD_FILE,
+        limits=settings.output_limits,
         replicas=replicas,
         log_level=settings.log_level,
         log_format=settings.log_format,

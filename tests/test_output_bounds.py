@@ -1,0 +1,135 @@
+"""Bounds on a job's outputs (embedded backend) and a job object that stays small (JSON, UWS)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from ocps_jobs.composition import build_service
+from ocps_jobs.config import Settings
+from ocps_jobs.conventions import manifest_key
+from ocps_jobs.http import create_embedded_app
+from ocps_jobs.models import MAX_JOB_OBJECT_RESULTS, MAX_RESULTS_PAGE
+from ocps_jobs.objectstore.trees import walk_files
+from ocps_jobs.service import JobService
+from tests.test_local_backend import finish, submit
+from tests.test_uws import UWS, check_job, path_of, valid_xml
+
+OCPS = "{urn:ocps-jobs}"
+XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+MANY = MAX_JOB_OBJECT_RESULTS + 150  # files the job writes; with its log, one result more
+
+
+def limited(tmp_path: Path, **limits: int) -> tuple[JobService, FlaskClient]:
+    settings = Settings.from_env(data_dir=tmp_path / "data", max_concurrent_jobs=2, **limits)
+    service = build_service(settings)
+    return service, create_embedded_app(service).test_client()
+
+
+def manifest_of(service: JobService, job_id: str) -> dict[str, Any]:
+    data = service.store.get_bytes(manifest_key(job_id))
+    assert data is not None
+    manifest: dict[str, Any] = json.loads(data)
+    return manifest
+
+
+def names(job: dict[str, Any]) -> list[str]:
+    return [item["uri"].rsplit("/out/", 1)[1] for item in job["results"]]
+
+
+def test_a_job_past_the_file_count_keeps_its_first_files_and_its_phase(tmp_path: Path) -> None:
+    service, client = limited(tmp_path, max_output_files=5)
+    job_id = submit(
+        client, command='for i in $(seq -w 1 20); do echo $i > "$JOB_OUTPUT_DIR/f-$i.txt"; done'
+    )
+    job = finish(client, job_id)
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert sorted(names(job)) == [*(f"f-{n:02d}.txt" for n in range(1, 6)), "ocps-job.log"]
+    skipped = manifest_of(service, job_id)["skipped"]
+    assert [item["path"] for item in skipped] == [f"f-{n:02d}.txt" for n in range(6, 21)]
+    assert {item["reason"] for item in skipped} == {"over the job's output-files limit (5 files)"}
+
+
+def test_a_sparse_file_past_the_byte_limit_is_never_copied(tmp_path: Path) -> None:
+    service, client = limited(tmp_path, max_output_bytes=1024 * 1024, max_output_depth=1)
+    job_id = submit(
+        client,
+        command='cd "$JOB_OUTPUT_DIR" && truncate -s 5G sparse.bin && echo kept > kept.txt'
+        " && mkdir -p a/b && echo deep > a/b/deep.txt && exit 3",
+    )
+    job = finish(client, job_id)
+    assert job["phase"] == "error"  # as its command decided; the other results are kept
+    assert "code 3" in job["errorSummary"]["message"]
+    assert sorted(names(job)) == ["kept.txt", "ocps-job.log"]
+    assert {item["path"]: item["reason"] for item in manifest_of(service, job_id)["skipped"]} == {
+        "a/b/": "deeper than the job's output-depth limit (1 folder)",
+        "sparse.bin": f"over the job's output-bytes limit ({1024 * 1024} bytes)",
+    }
+    objects = tmp_path / "data" / "objects"
+    assert not [path for path in walk_files(objects) if path.name == "sparse.bin"]
+
+
+def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) -> None:
+    _service, client = limited(tmp_path)
+    job_id = submit(
+        client,
+        command=f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do : > "r-$i.txt"; done',
+    )
+    job = finish(client, job_id, timeout=120)
+    assert job["phase"] == "completed", job["errorSummary"]
+    response = client.get(f"/api/v1/job/{job_id}")
+    # The object is its bounded list (an id and a uri of about 260 bytes each, here) and a
+    # little more, however many results there are.
+    assert len(response.data) < MAX_JOB_OBJECT_RESULTS * 300
+    assert len(job["results"]) == MAX_JOB_OBJECT_RESULTS
+    assert job["jobInfo"]["resultCount"] == MANY + 1
+    link = job["jobInfo"]["resultsLink"]
+    assert link == f"/api/v1/job/{job_id}/results?limit={MAX_RESULTS_PAGE}"
+    # The link and each page's Link header lead through every result, in the listing's order.
+    listed: list[dict[str, Any]] = []
+    pages = 0
+    next_link: str | None = link
+    while next_link is not None:
+        page = client.get(next_link)
+        assert page.status_code == 200, page.data
+        listed.extend(page.get_json())
+        pages += 1
+        found = re.fullmatch(r'<([^>]+)>; rel="next"', page.headers.get("Link", ""))
+        next_link = found[1] if found else None
+    assert pages == 2
+    everything = client.get(f"/api/v1/job/{job_id}/results").get_json()  # no paging: all
+    assert listed == everything and len(everything) == MANY + 1
+    assert [{"id": item["id"], "uri": item["uri"]} for item in listed[:1000]] == job["results"]
+    # Smaller pages, and bad paging parameters.
+    small = client.get(f"/api/v1/job/{job_id}/results?limit=100&cursor=1100")
+    assert small.get_json() == everything[1100:1151] and "Link" not in small.headers
+    for query in ("limit=0", f"limit={MAX_RESULTS_PAGE + 1}", "cursor=-1", "cursor=x"):
+        assert client.get(f"/api/v1/job/{job_id}/results?{query}").status_code == 400, query
+    # The list of jobs carries the same bounded object.
+    (listed_job,) = client.get("/api/v1/job").get_json()
+    assert listed_job == job
+
+    # UWS: <uws:results> bounded likewise; jobInfo says how many and where they all are.
+    document = client.get(f"/uws/async/{job_id}")
+    parsed = check_job(document.data)
+    assert len(parsed.results) == MAX_JOB_OBJECT_RESULTS
+    tree = valid_xml(document.data)
+    info = tree.find(UWS + "jobInfo")
+    assert info.find(OCPS + "resultCount").text == str(MANY + 1)
+    href = info.find(OCPS + "results").get(XLINK_HREF)
+    assert path_of(href) == f"/uws/async/{job_id}/results"
+    every = valid_xml(client.get(path_of(href)).data)
+    assert len(every.findall(UWS + "result")) == MANY + 1
+
+
+def test_a_job_with_few_results_has_the_seed_object_unchanged(client: FlaskClient) -> None:
+    job_id = submit(client, command='echo hi > "$JOB_OUTPUT_DIR/hi.txt"')
+    job = finish(client, job_id)
+    assert len(job["results"]) == 2 and all(set(item) == {"id", "uri"} for item in job["results"])
+    assert "resultCount" not in job["jobInfo"] and "resultsLink" not in job["jobInfo"]
+    info = valid_xml(client.get(f"/uws/async/{job_id}").data).find(UWS + "jobInfo")
+    assert info is None or info.find(OCPS + "resultCount") is None
