@@ -139,7 +139,7 @@ def test_headers_trickling_in_are_cut_off_at_the_deadline(
 
 
 def _send_wait(connection: socket.socket, job_id: str, seconds: int) -> None:
-    request = f"GET /uws/async/{job_id}?WAIT={seconds} HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = f"GET /uws/async/{job_id}?WAIT={seconds} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     connection.sendall(request.encode())
 
 

@@ -78,6 +78,20 @@ def default_data_dir() -> Path:
     return Path(base) / "ocps-jobs"
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def _is_host_entry(text: str) -> bool:
+    """A DNS name (no port) or an IP address, IPv6 with or without brackets."""
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        pass
+    labels = text.removesuffix(".").split(".")
+    return len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _default_concurrency() -> int:
     return max(2, os.cpu_count() or 2)
 
@@ -284,8 +298,13 @@ class Settings(BaseModel):
     max_destruction_seconds: int = Field(default=0, ge=0, le=10 * 365 * 86400)
 
     # Absolute base URL clients reach the service at (e.g. https://ocps.example.org/), used
-    # for the links in UWS documents; by default taken from each request's Host.
+    # for the links in UWS documents (and their Location headers) whatever the Host.
     public_url: str | None = None
+    # Without a public URL, links are built from a request's Host only when it is trusted:
+    # a loopback name, or one of these (``ocps.example.org``, ``.example.org`` for the
+    # domain and names under it, ``*`` for any); a request needing a link with another
+    # Host is refused (400).
+    trusted_hosts: frozenset[str] = frozenset()
 
     # Logs: level, and JSON lines or readable text ("auto": text in a terminal, else JSON).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -304,6 +323,14 @@ class Settings(BaseModel):
     def _networks(cls, value: frozenset[str]) -> frozenset[str]:
         for network in value:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _host_names(cls, value: frozenset[str]) -> frozenset[str]:
+        for entry in value:
+            if entry != "*" and not _is_host_entry(entry.removeprefix(".")):
+                raise ValueError(f"{entry[:100]!r} is not a host name, address or .domain")
         return value
 
     @field_validator("job_image_tag_pattern")

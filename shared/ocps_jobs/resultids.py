@@ -10,11 +10,23 @@ from typing import NamedTuple
 from .conventions import output_key
 from .errors import ResultNotFoundError
 
-__all__ = ["ResultKey", "decode_result_id", "encode_result_id", "is_safe_relative_path"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "ResultKey",
+    "decode_result_id",
+    "encode_result_id",
+    "is_safe_relative_path",
+]
 
 _KEY = re.compile(r"^jobs/(?P<job_id>[0-9a-f]{32})/out/(?P<path>.+)$", re.DOTALL)
 _LEGACY_PATH = re.compile(r"^/uws/jobs/(?P<job_id>[0-9a-f]{32})/out/(?P<path>.+)$", re.DOTALL)
-_MAX_ID_LENGTH = 4096
+# The longest object key any store holds, in UTF-8 bytes: S3's keys end at 1,024 bytes, and
+# the filesystem store's file names at the system's path limit (PATH_MAX, 4,096 bytes on
+# Linux, for the whole path under its folder), so every key a store lists fits in this.
+MAX_KEY_BYTES = 4096
+# The longest ID accepted: base64 with padding of the longest key in the legacy form,
+# whose ``/uws/`` prefix makes it longer than the issued ``jobs/...`` one.
+_MAX_ID_LENGTH = 4 * -(-(MAX_KEY_BYTES + len("/uws/")) // 3)
 
 
 class ResultKey(NamedTuple):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .backends import JobBackend, JobUpdate
-from .backends.base import JobHistory, Unset
+from .backends.base import JobHistory, RecordCheck, Unset
 from .backends.logs import LogLine, split_lines
 from .config import Settings
 from .conventions import (
@@ -145,14 +145,24 @@ class JobService:
 
     def get_job(self, job_id: str, caller: Caller) -> JobRecord:
         """The job, if it exists, is not past its destruction and the caller may see it."""
-        record = self.backend.get(job_id) if is_job_id(job_id) else None
-        if record is not None and not caller.may_see(record):
+        record = self._visible_record(job_id, caller) if is_job_id(job_id) else None
+        if record is None or _destroyed(record, _now()):
+            raise JobNotFoundError(f"No job with ID {job_id[:64]!r}")
+        self.events.observe(record)
+        return record
+
+    def _visible_record(self, job_id: str, caller: Caller) -> JobRecord | None:
+        """The job's record if the caller may see it; the owner is checked before any copy."""
+        backend = self.backend
+        visible = (
+            backend.check(job_id, caller.may_see) if isinstance(backend, RecordCheck) else True
+        )
+        record = backend.get(job_id) if visible else None
+        if visible is False or (record is not None and not caller.may_see(record)):
             log.warning(
                 "refused another owner's job", extra={"job_id": job_id, "user": caller.name}
             )
-        if record is None or not caller.may_see(record) or _destroyed(record, _now()):
-            raise JobNotFoundError(f"No job with ID {job_id[:64]!r}")
-        self.events.observe(record)
+            return None
         return record
 
     def list_jobs(self, caller: Caller, query: ListQuery | None = None) -> list[JobRecord]:

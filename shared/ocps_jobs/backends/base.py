@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 from ..models import JobRecord, Phase
 from .logs import LogLine
 
-__all__ = ["UNSET", "JobBackend", "JobHistory", "JobUpdate", "Unset"]
+__all__ = ["UNSET", "JobBackend", "JobHistory", "JobUpdate", "RecordCheck", "Unset"]
 
 
 class Unset:
@@ -95,3 +95,11 @@ class JobHistory(Protocol):
 
     def expired_history(self, now: datetime) -> list[str]:
         """Ids of kept jobs whose destruction time has come."""
+
+
+@runtime_checkable
+class RecordCheck(Protocol):
+    """A backend that can check a job's record in place, before any copy of it is made."""
+
+    def check(self, job_id: str, test: Callable[[JobRecord], bool]) -> bool | None:
+        """``test`` of the job's current record (which it must not change); None without one."""

@@ -175,6 +175,7 @@ class LocalBackend(InMemoryRecords):
         """
         job_id = record.job_id
         succeeded = self._uploading_path(job_id).exists()
+        self._remove_partial_objects(job_id)  # the crashed process's unfinished writes
         results = None
         log_path = self.work_dir / job_id / LOG_RESULT_NAME
         try:
@@ -205,6 +206,16 @@ class LocalBackend(InMemoryRecords):
     def _uploading_path(self, job_id: str) -> Path:
         """Present while the results of a job whose command succeeded are uploading."""
         return self.state_dir / f"{job_id}{UPLOADING_SUFFIX}"
+
+    def _remove_partial_objects(self, job_id: str) -> None:
+        """Remove what the job's uploads left unfinished; a failure is logged, never raised."""
+        try:
+            removed = self.store.remove_partial(job_prefix(job_id))
+        except Exception:
+            log.exception("removing the partial objects of job %s failed", job_id)
+            return
+        if removed:
+            log.info("removed %d partial objects of job %s", removed, job_id)
 
     def _remove_work(self, job_id: str) -> None:
         """Remove a job's work folder, however deep; a failure is logged, never raised."""

@@ -16,11 +16,20 @@ __all__ = ["content_disposition", "download_response"]
 
 # A browser could run these as active content from the service's origin: never inline.
 _ACTIVE_TYPES = ("html", "xml", "svg", "javascript", "ecmascript", "xhtml", "pdf", "flash")
+# Whole top-level types of documents holding other documents (``.mht``, ``.eml``: a web page
+# inside a message, which some browsers render).
+_CONTAINER_TYPES = ("message/", "multipart/")
+
+
+def _is_active(content_type: str) -> bool:
+    """Whether a browser could render the type as active content from this origin."""
+    lowered = content_type.strip().lower()
+    return lowered.startswith(_CONTAINER_TYPES) or any(word in lowered for word in _ACTIVE_TYPES)
 
 
 def content_disposition(filename: str, content_type: str) -> str:
     """``attachment`` for anything a browser could render as active content, else ``inline``."""
-    kind = "attachment" if any(word in content_type for word in _ACTIVE_TYPES) else "inline"
+    kind = "attachment" if _is_active(content_type) else "inline"
     fallback = "".join(
         char if char.isascii() and char.isprintable() and char not in '"\\;' else "_"
         for char in filename

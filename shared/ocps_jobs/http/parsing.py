@@ -10,6 +10,8 @@ from flask import Request
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, MultipartDecoder, NeedData
 
 from ..errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -20,6 +22,7 @@ __all__ = [
     "parse_natural",
     "read_body",
     "require_utf8_fields",
+    "require_utf8_multipart",
     "validation_message",
 ]
 
@@ -50,6 +53,42 @@ def require_utf8_fields(encoded: bytes, what: str) -> None:
             unquote_to_bytes(field.replace(b"+", b" ")).decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequestError(f"{what} is not UTF-8 once percent-decoded") from None
+
+
+# Charsets a multipart field may declare: its bytes are UTF-8 whichever (ASCII is UTF-8).
+_UTF8_CHARSETS = frozenset({"", "utf-8", "utf8", "ascii", "us-ascii"})
+
+
+def require_utf8_multipart(data: bytes, boundary: str) -> None:
+    """400 when a ``multipart/form-data`` field is not UTF-8, or declares another charset.
+
+    werkzeug would decode such bytes with U+FFFD in place of each bad one (or as Latin-1,
+    declared so): a value the client never sent. A malformed body is left to werkzeug,
+    which then finds no fields.
+    """
+    try:
+        decoder = MultipartDecoder(boundary.encode("ascii"))
+        decoder.receive_data(data)
+        decoder.receive_data(None)
+        field: Field | None = None
+        chunks: list[bytes] = []
+        while not isinstance(event := decoder.next_event(), (Epilogue, NeedData)):
+            if isinstance(event, Field):
+                field, chunks = event, []
+                charset = parse_options_header(event.headers.get("content-type", ""))[1]
+                if charset.get("charset", "").lower() not in _UTF8_CHARSETS:
+                    raise InvalidRequestError("A form field declares a charset other than UTF-8")
+            elif isinstance(event, Data) and field is not None:
+                chunks.append(event.data)
+                if not event.more_data:
+                    b"".join(chunks).decode("utf-8")
+                    field = None
+            elif not isinstance(event, Data):
+                field = None  # a file: its bytes are its own
+    except UnicodeDecodeError:
+        raise InvalidRequestError("A form field is not UTF-8") from None
+    except ValueError:
+        return
 
 
 def validation_message(error: ValidationError) -> str:
@@ -121,6 +160,10 @@ def form_fields(request: Request) -> list[tuple[str, list[str]]]:
     """The body's form fields, each name with its values; 400 when they are not UTF-8."""
     if request.mimetype == "application/x-www-form-urlencoded":
         require_utf8_fields(request.get_data(cache=True), "A form field")
+    elif request.mimetype == "multipart/form-data":
+        boundary = request.mimetype_params.get("boundary", "")
+        if boundary:
+            require_utf8_multipart(request.get_data(cache=True), boundary)
     return list(request.form.lists())
 
 
@@ -148,6 +191,23 @@ def _form_payload(request: Request, model: type[BaseModel]) -> dict[str, Any]:
     return payload
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _utf8_text(data: bytes) -> str:
+    """A JSON body as text: UTF-8 only (RFC 8259), its byte order mark ignored; else 400.
+
+    ``json.loads`` of bytes would take UTF-16 and UTF-32 too. JSON text never holds a NUL
+    byte (UTF-16 and UTF-32 of ASCII do, even where they pass for UTF-8).
+    """
+    try:
+        if b"\x00" not in data:
+            return data.removeprefix(_UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    raise InvalidRequestError("Malformed JSON body: not UTF-8")
+
+
 def parse_body(request: Request, model: type[M], limit: int) -> M:
     """A JSON object or form fields validated as ``model``."""
     data = read_body(request, limit)
@@ -155,14 +215,9 @@ def parse_body(request: Request, model: type[M], limit: int) -> M:
     payload: Any
     if mimetype in JSON_TYPES or (not mimetype and data.lstrip()[:1] == b"{"):
         try:
-            payload = json.loads(data)
+            payload = json.loads(_utf8_text(data))
         except (ValueError, RecursionError) as error:
-            if isinstance(error, json.JSONDecodeError):
-                detail = str(error)[:200]
-            elif isinstance(error, RecursionError):
-                detail = "nested too deeply"
-            else:
-                detail = "not UTF-8"
+            detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
             raise InvalidRequestError(f"Malformed JSON body: {detail}") from None
         if not isinstance(payload, dict):
             raise InvalidRequestError("The JSON body must be an object")

@@ -34,6 +34,7 @@ from ..errors import InvalidRequestError, UnsupportedMediaTypeError
 from ..models import JOB_PARAMETERS, JobRequest, ParameterKind, Phase
 from ..service import ListQuery
 from .environ import CLIENT_DISCONNECTED_KEY
+from .hosts import is_trusted_host
 from .parsing import (
     FORM_TYPES,
     form_fields,
@@ -48,6 +49,7 @@ from .uws_xml import (
     job_document,
     job_list_document,
     parameters_document,
+    plain_text,
     results_document,
     text_response,
     uws_time,
@@ -203,8 +205,19 @@ def _job_request(params: Params) -> JobRequest:
 
 
 def _base(ctx: Context) -> str:
-    """The service's absolute URL as clients see it, ending in ``/``."""
-    base = ctx.settings.public_url or ctx.request.url_root
+    """The service's absolute URL as clients see it, ending in ``/``.
+
+    ``public_url`` when set; else the request's own, when its Host is trusted (a loopback
+    name or one of ``trusted_hosts``): a forged Host never names where links lead.
+    """
+    base = ctx.settings.public_url
+    if not base:
+        if not is_trusted_host(ctx.request.host, ctx.settings.trusted_hosts):
+            raise InvalidRequestError(
+                "The request's Host is not one this service builds links for:"
+                " its operator sets OCPS_PUBLIC_URL or OCPS_TRUSTED_HOSTS"
+            )
+        base = ctx.request.url_root
     return base if base.endswith("/") else base + "/"
 
 
@@ -373,7 +386,7 @@ def get_error(ctx: Context) -> Response:
     """``GET .../error``: the full error message of an ERROR or ABORTED job, else empty."""
     record = ctx.service.get_job(ctx.params["job_id"], ctx.caller)
     failed = record.phase in (Phase.ERROR, Phase.ABORTED)
-    return text_response(record.error_message if failed else "")
+    return text_response(plain_text(record.error_message) if failed else "")
 
 
 def get_quote(ctx: Context) -> Response:

@@ -30,6 +30,7 @@ __all__ = [
     "job_document",
     "job_list_document",
     "parameters_document",
+    "plain_text",
     "render_uws_error",
     "results_document",
     "text_response",
@@ -56,11 +57,20 @@ for _prefix, _uri in (("uws", UWS_NS), ("xlink", XLINK_NS), ("xsi", XSI_NS), ("o
 # Characters XML 1.0 cannot carry (controls, lone surrogates, U+FFFE/U+FFFF): a command or
 # an error message holding one (an ANSI colour code in stderr) is shown with U+FFFD instead.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What a plain-text value (``/error``) leaves out: terminal escape sequences (an ANSI colour
+# code from stderr), then every other control character but tab and newline.
+_TERMINAL_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-_]?)")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def clean_text(value: str) -> str:
     """``value`` with every character XML 1.0 cannot carry replaced by U+FFFD."""
     return _NOT_XML.sub("\ufffd", value)
+
+
+def plain_text(value: str) -> str:
+    """``value`` without terminal escapes and control characters (tab and newline kept)."""
+    return _CONTROL.sub("", _TERMINAL_ESCAPE.sub("", value))
 
 
 def uws_time(value: datetime) -> str:
@@ -91,8 +101,14 @@ def _time_child(parent: ET.Element, name: str, value: datetime | None) -> None:
 
 
 def _serialize(root: ET.Element) -> bytes:
+    """The document as UTF-8 bytes, every CR as ``&#13;``.
+
+    ElementTree escapes a CR in an attribute but writes it raw in text, where every XML
+    parser reads it as a newline: a value holding one would come back changed. A CR
+    byte of the output is always one of a text's (UTF-8 never uses 0x0D otherwise).
+    """
     data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return data
+    return data.replace(b"\r", b"&#13;")
 
 
 def xml_response(root: ET.Element, status: int = 200) -> Response:

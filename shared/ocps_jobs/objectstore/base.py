@@ -128,6 +128,9 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under ``prefix``."""
 
+    def remove_partial(self, prefix: str) -> int:
+        """Remove what uploads under ``prefix`` left unfinished (a crash); how many."""
+
     def uri(self, key: str) -> str:
         """Where an operator finds the object with their own tools."""
 

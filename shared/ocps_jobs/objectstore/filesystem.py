@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BackendUnavailableError
+from ..resultids import MAX_KEY_BYTES
 from .base import HashingReader, ObjectInfo, ObjectStream, guess_content_type
 from .trees import make_dirs, remove_tree, walk_files
 
@@ -21,15 +22,29 @@ __all__ = ["FilesystemStore"]
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# The name of a file being written before it is renamed into place: never an object.
+PARTIAL_PREFIX = ".upload-"
+
+
+def _path_limit(folder: Path) -> int:
+    """The longest path the system takes under ``folder``, with its NUL (PATH_MAX)."""
+    try:
+        return os.pathconf(folder if folder.exists() else "/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return MAX_KEY_BYTES
 
 
 class FilesystemStore:
     """Objects are files under ``root``; keys are relative paths."""
 
-    max_key_bytes: int | None = None
+    max_key_bytes: int | None
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        # A key is a file's path under the root: the whole path must fit the system's limit
+        # (which counts its final NUL), so a longer key could be neither written nor read.
+        path_limit = _path_limit(self.root) - 1 - len(os.fsencode(self.root)) - len(b"/")
+        self.max_key_bytes = min(MAX_KEY_BYTES, path_limit)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -44,7 +59,7 @@ class FilesystemStore:
     def _write_atomically(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
         make_dirs(target.parent)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
         try:
             with os.fdopen(handle, "wb") as out:
                 write(out)
@@ -58,7 +73,7 @@ class FilesystemStore:
         """Write bytes unless the object exists (atomically: a hard link never replaces)."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
@@ -107,7 +122,7 @@ class FilesystemStore:
             return []
         found = []
         for path in walk_files(base):
-            if path.name.startswith(".upload-"):
+            if path.name.startswith(PARTIAL_PREFIX):
                 continue
             key = path.relative_to(self.root).as_posix()
             with contextlib.suppress(FileNotFoundError):
@@ -121,7 +136,7 @@ class FilesystemStore:
             names = sorted(
                 entry.name
                 for entry in os.scandir(folder)
-                if entry.is_file() and not entry.name.startswith(".upload-")
+                if entry.is_file() and not entry.name.startswith(PARTIAL_PREFIX)
             )
         except (FileNotFoundError, NotADirectoryError):
             return []
@@ -158,6 +173,16 @@ class FilesystemStore:
             remove_tree(path)
         except OSError as error:
             log.warning("removing objects under %s failed: %s", prefix, error)
+
+    def remove_partial(self, prefix: str) -> int:
+        """Remove the temporary files of writes under ``prefix`` that a crash cut short."""
+        removed = 0
+        for path in walk_files(self._path(prefix.rstrip("/"))):
+            if path.name.startswith(PARTIAL_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def uri(self, key: str) -> str:
         """A ``file://`` URI of the object."""

@@ -288,6 +288,29 @@ class S3Store:
             except ClientError as error:
                 raise BackendUnavailableError(f"Deleting {prefix} failed: {error}") from error
 
+    def remove_partial(self, prefix: str) -> int:
+        """Abort the multipart uploads under ``prefix`` that were never completed."""
+        removed = 0
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        try:
+            while True:
+                page = self._call("list uploads", self.client.list_multipart_uploads, **request)
+                for upload in page.get("Uploads", []):
+                    self._call(
+                        "abort upload",
+                        self.client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+                    removed += 1
+                if not page.get("IsTruncated"):
+                    return removed
+                request["KeyMarker"] = page.get("NextKeyMarker", "")
+                request["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+        except ClientError as error:
+            raise BackendUnavailableError(f"Removing partial uploads of {prefix} failed") from error
+
     def uri(self, key: str) -> str:
         """``s3://bucket/key``."""
         return f"s3://{self.bucket}/{key}"

@@ -1,0 +1,77 @@
+"""A client holding more connections than there are threads leaves the CSC's poll a thread.
+
+``ocps-jobs serve`` with 16 threads and a connection cap per address above them (so the
+per-address share of threads is what binds): followed logs of a running job (a request
+that holds its thread while the job runs, up to the WAIT cap) from one address; meanwhile
+a CSC-style GET from 127.0.0.1 must be answered within a second. Bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.chaos import ServeProcess
+from tests.helpers import wait_until
+from tests.test_server_limits import ANSWER_WITHIN, attacker, csc_get_seconds, phase, submit
+
+pytestmark = pytest.mark.slow
+
+THREADS = 16
+# Above the threads: the connection cap never binds, only the threads' share does.
+CONNECTIONS_PER_CLIENT = 32
+# A followed log ends by itself this soon: held threads come back between tests.
+FOLLOW_SECONDS = 4
+HELD = THREADS + 4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    data_dir = tmp_path_factory.mktemp("share") / "data"
+    settings = {
+        "OCPS_HTTP_CONNECTIONS_PER_CLIENT": str(CONNECTIONS_PER_CLIENT),
+        "OCPS_WAIT_MAX_SECONDS": str(FOLLOW_SECONDS),
+    }
+    arguments = ("--max-concurrent-jobs", "2", "--threads", str(THREADS))
+    with ServeProcess(data_dir, *arguments, env=settings) as running:
+        yield running
+
+
+@pytest.fixture
+def job_id(server: ServeProcess) -> Iterator[str]:
+    running = submit(server, "sleep 60")
+    wait_until(lambda: phase(server, running) == "executing")
+    yield running
+    requests.delete(f"{server.url}/api/v1/job/{running}", timeout=10)
+
+
+def hold_threads(server: ServeProcess, job_id: str, sources: list[str]) -> list[socket.socket]:
+    """One followed log of the running job per source address given."""
+    request = f"GET /api/v1/job/{job_id}/log?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    held = []
+    for source in sources:
+        connection = attacker(server, source)
+        connection.sendall(request.encode())
+        held.append(connection)
+    return held
+
+
+def release(held: list[socket.socket], started: float) -> None:
+    """Hang up, and let the followed logs end (their threads come back)."""
+    for connection in held:
+        connection.close()
+    time.sleep(max(0.0, started + FOLLOW_SECONDS + 1 - time.monotonic()))
+
+
+def test_one_address_holding_more_than_every_thread(server: ServeProcess, job_id: str) -> None:
+    started = time.monotonic()
+    held = hold_threads(server, job_id, ["127.0.0.8"] * HELD)
+    try:
+        time.sleep(1)
+        assert csc_get_seconds(server, job_id) < ANSWER_WITHIN
+    finally:
+        release(held, started)
