@@ -610,3 +610,19 @@ def test_deployment_topology_completes_a_csc_style_job(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_links_are_built_from_the_base_url_or_the_trusted_hosts() -> None:
+    def settings(values: list[str]) -> dict[str, str]:
+        return dict(one(template(values), "v1", "ConfigMap")["data"])
+
+    # Phalanx sets global.baseUrl: UWS links name it, whatever Host a request came with.
+    phalanx = settings([*DEPLOYMENT, "--set", "global.baseUrl=https://ocps.example.org"])
+    assert phalanx["OCPS_PUBLIC_URL"] == "https://ocps.example.org"
+    chosen = settings(
+        ["--set", "global.baseUrl=https://a.example.org", "--set", "config.publicUrl=https://b.org"]
+    )
+    assert chosen["OCPS_PUBLIC_URL"] == "https://b.org"
+    trusted = settings(["--set-json", 'config.trustedHosts=[".example.org", "ocps.lsst.org"]'])
+    assert "OCPS_PUBLIC_URL" not in trusted
+    assert json.loads(trusted["OCPS_TRUSTED_HOSTS"]) == [".example.org", "ocps.lsst.org"]
