@@ -33,7 +33,7 @@ from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
 from .logs import LogLine, follow_file
-from .records import InMemoryRecords, queue_pending
+from .records import InMemoryRecords, queue_pending, snapshot
 from .sandbox import Sandbox, exit_status, sandbox_for, signal_inside
 from .stderr_tail import cap_message, collect_stderr
 
@@ -251,7 +251,7 @@ class LocalBackend(InMemoryRecords):
                 self._queue.put(record.job_id)
             if record.destruction is not None:
                 self._sweep_wakeup.set()
-            return record.model_copy(deep=True)
+            return snapshot(record)
 
     def start(self, job_id: str) -> JobRecord:
         """PENDING -> QUEUED (the service has checked that the job may start)."""
@@ -260,7 +260,7 @@ class LocalBackend(InMemoryRecords):
             if queue_pending(record):
                 self._save(record)
                 self._queue.put(job_id)
-            return record.model_copy(deep=True)
+            return snapshot(record)
 
     def abort(self, job_id: str, reason: str = "") -> JobRecord:
         """Stop a job; a running one gets SIGTERM, then SIGKILL after the grace period.
@@ -280,7 +280,7 @@ class LocalBackend(InMemoryRecords):
             elif run is not None and not run.succeeded:  # else too late: results uploading
                 run.abort_reason = reason or "Aborted by request."
                 self._signal_run(run)
-            return record.model_copy(deep=True)
+            return snapshot(record)
 
     def delete(self, job_id: str) -> None:
         """Stop the job if it runs, forget it and remove its objects.
@@ -342,7 +342,7 @@ class LocalBackend(InMemoryRecords):
                 record.destruction = update.destruction
                 self._sweep_wakeup.set()
             self._save(record)
-            return record.model_copy(deep=True)
+            return snapshot(record)
 
     def read_log(self, record: JobRecord, until: float | None) -> Iterator[LogLine] | None:
         """The log file the job's processes write (replicas share it); None once it ended."""
@@ -459,8 +459,8 @@ class LocalBackend(InMemoryRecords):
                 run = _Run(job_id)
                 self._runs[job_id] = run
                 self._save(record)
-                snapshot = record.model_copy(deep=True)
-            self._execute(snapshot, run)
+                started = snapshot(record)
+            self._execute(started, run)
         except Exception as error:
             log.exception("job %s failed in the executor", job_id)
             self._fail(job_id, run, f"Internal error running the job: {error}")

@@ -1,4 +1,4 @@
-"""Job records kept in memory under a lock, handed out as copies."""
+"""Job records kept in memory under a lock, handed out as snapshots."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from collections.abc import Callable, Collection
 from ..errors import JobNotFoundError
 from ..models import JobRecord, Phase
 
-__all__ = ["InMemoryRecords", "queue_pending"]
+__all__ = ["InMemoryRecords", "queue_pending", "snapshot"]
+
+
+def snapshot(record: JobRecord) -> JobRecord:
+    """A copy of ``record`` that its later changes do not reach.
+
+    A shallow copy is enough, and much cheaper than a deep one on every read: a kept record
+    is changed only by assigning its fields (``record.phase = ...``), never by changing a
+    list or model it holds in place, so the copy's fields keep the values they had.
+    """
+    return record.model_copy()
 
 
 class InMemoryRecords:
@@ -31,7 +41,7 @@ class InMemoryRecords:
         """A copy of the current record."""
         with self._lock:
             record = self._records.get(job_id)
-            return record.model_copy(deep=True) if record else None
+            return snapshot(record) if record else None
 
     def list_records(
         self, owner: str | None = None, phases: Collection[Phase] | None = None
@@ -39,7 +49,7 @@ class InMemoryRecords:
         """Copies of every record (of one owner; in ``phases``)."""
         with self._lock:
             return [
-                record.model_copy(deep=True)
+                snapshot(record)
                 for record in self._records.values()
                 if (owner is None or record.owner == owner)
                 and (phases is None or record.phase in phases)
