@@ -231,11 +231,9 @@ def _serve(args: argparse.Namespace) -> int:
         listening,
         limits,
         asyncore_use_poll=True,
-        # Downloads stream through waitress's output buffer: the app thread waits once 4 MiB
-        # are queued for a client, and the queue stays in memory instead of spilling each
-        # 1 MiB chunk to a temporary file past waitress's default 1 MiB (2x the throughput;
-        # memory per download stays bounded, whatever the file's size).
-        outbuf_overflow=8 * 1024 * 1024,
+        # Downloads stream through each connection's send queue (http/sendqueue.py), in
+        # memory: the app thread waits once 4 MiB are queued for a client, so memory per
+        # download stays bounded, whatever the file's size.
         outbuf_high_watermark=4 * 1024 * 1024,
         ident="ocps-jobs",
         # Bodies up to 4x the API limit reach the app (which answers a JSON 413); larger

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from .environ import CLIENT_DISCONNECTED_KEY
+from .sendqueue import SendQueueChannel
 
 __all__ = ["CLIENT_DISCONNECTED_KEY", "GuardedServer", "ServerLimits", "create_guarded_server"]
 
@@ -55,8 +55,12 @@ class ServerLimits:
     idle_timeout_seconds: float
 
 
-class GuardedChannel(HTTPChannel):
-    """A connection that knows since when it has been waiting for request headers."""
+class GuardedChannel(SendQueueChannel):
+    """A connection that knows since when it has been waiting for request headers.
+
+    Its responses are sent from the chunks the app wrote, without copying them
+    (``SendQueueChannel``).
+    """
 
     server: GuardedServer
 
