@@ -91,3 +91,13 @@ def test_cli_list_pages(
     with pytest.raises(SystemExit) as refused:
         cli.main(["list", "--url", served, "--limit", "0"])
     assert refused.value.code == cli.EXIT_USAGE
+
+
+@pytest.mark.parametrize("path", ["/api/v1/job", "/api/v1/job/{job_id}/results"])
+def test_a_query_parameter_the_document_does_not_name_is_400(
+    client: FlaskClient, path: str
+) -> None:
+    job_id = client.put("/api/v1/job", json={"command": "true"}).get_json()["jobId"]
+    response = client.get(path.format(job_id=job_id) + "?limit=5&page=2")
+    assert response.status_code == 400
+    assert "page" in response.get_json()["message"]

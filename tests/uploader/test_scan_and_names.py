@@ -23,17 +23,26 @@ from tests.uploader.helpers import (
 )
 
 
+@pytest.mark.parametrize("store_knows_its_limit", [True, False])
 def test_a_path_longer_than_the_file_system_takes_whole_is_named_and_the_rest_kept(
-    job: JobFolder, tmp_path: Path
+    job: JobFolder, tmp_path: Path, store_knows_its_limit: bool
 ) -> None:
     job.write("keep.txt", b"keep")
     deep = deep_file(job.out, 18, b"deep")  # 4,518 bytes below the output folder
     assert [item.relative_path for item in scan_outputs(job.out)] == ["keep.txt", deep]
-    store = FilesystemStore(tmp_path / "store")  # no key limit of its own: the copy fails
+    store = FilesystemStore(tmp_path / "store")
+    limit = store.max_key_bytes
+    if not store_knows_its_limit:
+        store.max_key_bytes = None  # then the copy itself fails (ENAMETOOLONG)
     uploader = Uploader(store, job.job_id, job.out, sleep=lambda _s: None)
     manifest = uploader.finish()
     assert kept(store, job.job_id, manifest) == {"keep.txt": b"keep"}
-    assert manifest["skipped"] == [{"path": deep, "reason": "its path is too long for the store"}]
+    reason = (
+        f"its object key would be longer than the store's {limit} bytes"
+        if store_knows_its_limit
+        else "its path is too long for the store"
+    )
+    assert manifest["skipped"] == [{"path": deep, "reason": reason}]
 
 
 def test_a_link_swapped_in_after_the_scan_is_not_followed(

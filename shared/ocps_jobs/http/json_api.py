@@ -14,7 +14,7 @@ from ..models import MAX_RESULTS_PAGE, DeleteResponse, JobRecord, JobRequest, Ph
 from ..service import ListQuery
 from .downloads import download_response
 from .openapi import openapi_document
-from .parsing import parse_body, parse_natural
+from .parsing import parse_body, parse_natural, refuse_unknown_query
 from .render import job_document, json_response, result_listing
 from .routing import Context, Route
 
@@ -73,6 +73,7 @@ def list_jobs(ctx: Context) -> Response:
     ``limit`` (and ``cursor`` from the previous page): one page, newest first, and a
     ``Link: <...>; rel="next"`` header while more jobs follow.
     """
+    refuse_unknown_query(ctx.request.args, ("phase", "limit", "cursor"))
     phase_text = ctx.request.args.get("phase", "")
     phases = None
     if phase_text:
@@ -125,6 +126,7 @@ def list_results(ctx: Context) -> Response:
     ``cursor`` from the previous page's ``Link: <...>; rel="next"`` header): one page, in
     the same order, with that header while more results follow.
     """
+    refuse_unknown_query(ctx.request.args, ("limit", "cursor"))
     job_id = ctx.params["job_id"]
     cursor_text = ctx.request.args.get("cursor")
     limit_text = ctx.request.args.get("limit")

@@ -9,7 +9,7 @@ from flask import Response
 
 from ..errors import InvalidRequestError
 from ..models import LOG_REPLICAS_HEADER, LOG_SKIPPED_HEADER, MAX_REPLICAS, LogQuery
-from .parsing import parse_natural
+from .parsing import parse_natural, refuse_unknown_query
 from .routing import Context, Route
 
 __all__ = ["LOG_ROUTES", "SKIP_PATTERN", "get_log", "parse_log_query"]
@@ -28,12 +28,7 @@ def parse_log_query(args: dict[str, str]) -> LogQuery:
     What the document does not allow is a 400: another parameter, an empty ``skip``, a
     ``follow`` that is not ``true`` or ``false``.
     """
-    unknown = sorted(set(args) - set(_ACCEPTED))
-    if unknown:
-        raise InvalidRequestError(
-            f"Unknown query parameter(s): {', '.join(unknown)[:200]}; "
-            f"accepted are {', '.join(_ACCEPTED)}"
-        )
+    refuse_unknown_query(args, _ACCEPTED)
     tail = None
     if "tail" in args:
         tail = parse_natural(args["tail"])

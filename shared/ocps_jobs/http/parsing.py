@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
@@ -21,6 +22,7 @@ __all__ = [
     "parse_body",
     "parse_natural",
     "read_body",
+    "refuse_unknown_query",
     "require_utf8_fields",
     "require_utf8_multipart",
     "validation_message",
@@ -104,6 +106,16 @@ def validation_message(error: ValidationError) -> str:
 # Any count or index the API takes is far below this; larger numbers are clamped to it, so
 # "more than there is" stays a well-formed request without int() of a thousand digits.
 _NATURAL_CEILING = 10**18
+
+
+def refuse_unknown_query(names: Iterable[str], accepted: Sequence[str]) -> None:
+    """A 400 naming the query parameters a route does not document (its OpenAPI says so)."""
+    unknown = sorted(set(names) - set(accepted))
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown query parameter(s): {', '.join(unknown)[:200]}; "
+            f"accepted are {', '.join(accepted)}"
+        )
 
 
 def parse_natural(text: str) -> int | None:
