@@ -75,3 +75,28 @@ def test_one_address_holding_more_than_every_thread(server: ServeProcess, job_id
         assert csc_get_seconds(server, job_id) < ANSWER_WITHIN
     finally:
         release(held, started)
+
+
+def test_many_addresses_holding_followed_logs_and_waits(server: ServeProcess, job_id: str) -> None:
+    # Each address within its own share, together more than every thread: followed logs and
+    # WAITs share one cap below the threads, so the CSC's poll still finds one free.
+    started = time.monotonic()
+    sources = [f"127.0.0.{10 + n % 5}" for n in range(HELD)]
+    held = hold_threads(server, job_id, sources[: HELD // 2])
+    wait = f"GET /uws/async/{job_id}?WAIT=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for source in sources[HELD // 2 :]:
+        connection = attacker(server, source)
+        connection.sendall(wait.encode())
+        held.append(connection)
+    try:
+        time.sleep(1)
+        assert csc_get_seconds(server, job_id) < ANSWER_WITHIN
+        # Past the cap a followed log answers at once with what there is, unfollowed.
+        answered = time.monotonic()
+        response = requests.get(
+            f"{server.url}/api/v1/job/{job_id}/log", params={"follow": "true"}, timeout=10
+        )
+        assert response.status_code == 200
+        assert time.monotonic() - answered < ANSWER_WITHIN
+    finally:
+        release(held, started)

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -351,7 +352,7 @@ class JobService:
     ) -> JobRecord:
         """UWS WAIT: block while the job is in a waitable phase (and in ``phase`` if given).
 
-        At most ``max_concurrent_waits`` block at once; past that a WAIT answers at once
+        It holds one of the ``held_request`` slots; when none is free a WAIT answers at once
         (as WAIT=0). With ``disconnected``, the wait also ends within ``WAIT_SLICE_SECONDS``
         of the client leaving.
         """
@@ -360,21 +361,38 @@ class JobService:
             return record
         cap = float(self.settings.wait_max_seconds)
         seconds = cap if timeout < 0 else min(timeout, cap)
-        if seconds <= 0 or self.settings.max_concurrent_waits == 0:
+        if seconds <= 0:
             return record
-        slots = self._wait_slots
-        if slots is not None and not slots.acquire(blocking=False):
-            return record
-        try:
-            with self._waits_lock:
-                self._waits += 1
+        with self.held_request() as held:
+            if not held:
+                return record
             self._wait_on(job_id, record.phase, seconds, disconnected)
+        return self.get_job(job_id, caller)
+
+    @contextmanager
+    def held_request(self) -> Iterator[bool]:
+        """A slot for a request that holds its thread while it waits: True if one was free.
+
+        UWS WAITs, followed logs and the web view's long polls share the
+        ``max_concurrent_waits`` slots (below the server's threads), so that however many
+        clients and addresses hold such requests, threads stay for everyone else. A request
+        without a slot answers at once with what there is.
+        """
+        slots = self._wait_slots
+        if self.settings.max_concurrent_waits == 0 or (
+            slots is not None and not slots.acquire(blocking=False)
+        ):
+            yield False
+            return
+        with self._waits_lock:
+            self._waits += 1
+        try:
+            yield True
         finally:
             with self._waits_lock:
                 self._waits -= 1
             if slots is not None:
                 slots.release()
-        return self.get_job(job_id, caller)
 
     # --- logs ----------------------------------------------------------------------------
 
@@ -400,6 +418,16 @@ class JobService:
         )
 
     def _job_log_text(
+        self, record: JobRecord, skip: dict[int, int], follow: bool, marked: bool
+    ) -> Iterator[str]:
+        """The lines after ``skip``; followed only while a held-request slot is free."""
+        if not follow:
+            yield from self._log_text(record, skip, False, marked)
+            return
+        with self.held_request() as held:
+            yield from self._log_text(record, skip, held, marked)
+
+    def _log_text(
         self, record: JobRecord, skip: dict[int, int], follow: bool, marked: bool
     ) -> Iterator[str]:
         """The lines after ``skip``; a follow ends when the job does or its time is up."""

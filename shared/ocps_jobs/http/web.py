@@ -191,22 +191,24 @@ def jobs_changes(ctx: Context) -> Response:
     """
     filters = _filters(ctx)
     since = ctx.request.args.get("since", "")
-    deadline = time.monotonic() + min(LONG_POLL_SECONDS, float(ctx.settings.wait_max_seconds))
-    while True:
-        table = _table(ctx, filters)
-        if table["fingerprint"] != since:
-            html = render_page("job_rows.html", **table)
-            return _json(
-                {"fingerprint": table["fingerprint"], "html": html, "count": table["count"]}
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status=204)
-        step = min(remaining, RECHECK_SECONDS)
-        if table["active"]:
-            _wait_while_running(ctx, table["active"][0], step)
-        else:
-            time.sleep(step)
+    seconds = min(LONG_POLL_SECONDS, float(ctx.settings.wait_max_seconds))
+    with ctx.service.held_request() as held:  # none free: the state now, at once
+        deadline = time.monotonic() + (seconds if held else 0)
+        while True:
+            table = _table(ctx, filters)
+            if table["fingerprint"] != since:
+                html = render_page("job_rows.html", **table)
+                return _json(
+                    {"fingerprint": table["fingerprint"], "html": html, "count": table["count"]}
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Response(status=204)
+            step = min(remaining, RECHECK_SECONDS)
+            if table["active"]:
+                _wait_while_running(ctx, table["active"][0], step)
+            else:
+                time.sleep(step)
 
 
 # --- one job -------------------------------------------------------------------------------
