@@ -286,3 +286,17 @@ def test_s3_partial_uploads_of_a_prefix_are_aborted(
     assert [upload["Key"] for upload in left] == [theirs]
     assert store.get_bytes(output_key(JOB, "done.txt")) == b"done"
     store.client.abort_multipart_upload(Bucket=bucket, Key=theirs, UploadId=left[0]["UploadId"])
+
+
+def test_deleting_a_prefix_in_s3_aborts_its_partial_uploads_too(
+    s3_endpoint: str, bucket: str, s3_credentials: None
+) -> None:
+    from ocps_jobs.objectstore.s3 import S3Store
+
+    store = S3Store(bucket, s3_endpoint)
+    store.ensure_ready()
+    store.client.create_multipart_upload(Bucket=bucket, Key=output_key(JOB, "killed.fits"))
+    store.put_bytes(output_key(JOB, "done.txt"), b"done", "text/plain")
+    store.delete_prefix(f"jobs/{JOB}/")
+    assert store.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list(store.list_objects(f"jobs/{JOB}/")) == []

@@ -274,7 +274,11 @@ class S3Store:
         return ObjectStream(info, start, start + length - 1, chunks(), body.close)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every object under a prefix, a thousand per request."""
+        """Delete every object under a prefix, a thousand per request, and its partial uploads.
+
+        A sidecar stopped mid-upload leaves a multipart upload whose parts the bucket keeps
+        (and bills) but never lists as an object: a deleted job leaves none behind.
+        """
         keys = [info.key for info in self.list_objects(prefix)]
         for first in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[first : first + 1000]]
@@ -287,6 +291,7 @@ class S3Store:
                 )
             except ClientError as error:
                 raise BackendUnavailableError(f"Deleting {prefix} failed: {error}") from error
+        self.remove_partial(prefix)
 
     def remove_partial(self, prefix: str) -> int:
         """Abort the multipart uploads under ``prefix`` that were never completed."""
