@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from ocps_jobs.backends.kubernetes import watch
 from ocps_jobs.backends.kubernetes.client import Kind
-from ocps_jobs.backends.kubernetes.views import unpack
+from ocps_jobs.backends.kubernetes.views import unpack, unpack_list
 from ocps_jobs.backends.kubernetes.watch import MANAGED_SELECTOR, WatchCache
 from ocps_jobs.errors import BackendUnavailableError
 from tests.helpers import wait_until
@@ -236,9 +237,13 @@ def test_the_copy_keeps_packed_objects_and_keys_of_its_own(cache: WatchCache, ap
     api.send("pods", "ADDED", pod("job-d", "d-0", 41))
     api.send("pods", "ADDED", pod("job-d", "d-1", 42))
     wait_until(lambda: (view := cache.view("job-d")) and len(view[1]) == 2, timeout=5)
-    # One bytes per Job and one for all of a job's Pods, nothing referencing an event.
-    assert all(isinstance(packed, bytes) for packed in [*cache.jobs.values(), *cache.pods.values()])
-    assert sorted(unpack(cache.pods["job-d"])) == ["d-0", "d-1"]
+    # One bytes per Job and one for all of a job's Pods (or a slice of a compacted block:
+    # below), nothing referencing an event.
+    assert all(
+        isinstance(packed, bytes | memoryview)
+        for packed in [*cache.jobs.values(), *cache.pods.values()]
+    )
+    assert sorted(p["metadata"]["name"] for p in unpack_list(cache.pods["job-d"])) == ["d-0", "d-1"]
     # (a job id of more than one character: CPython shares the one-character strings)
     key = next(key for key in cache.jobs if key == "job-d")
     assert key is not added["metadata"]["labels"]["ocps.lsst.io/job-id"]
@@ -246,3 +251,30 @@ def test_the_copy_keeps_packed_objects_and_keys_of_its_own(cache: WatchCache, ap
     wait_until(lambda: (view := cache.view("job-d")) and len(view[1]) == 1, timeout=5)
     api.send("pods", "DELETED", pod("job-d", "d-1", 44))
     wait_until(lambda: "job-d" not in cache.pods, timeout=5)
+
+
+def test_the_tables_are_compacted_into_one_block_each_after_changes(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "COMPACT_DELAY_SECONDS", 0.05)
+    cache = WatchCache(api.list_pages, api.watch)
+    try:
+        assert cache.wait_first_sync(5.0)
+        added = job("job-e", 80)
+        api.send("jobs", "ADDED", added)
+        api.send("pods", "ADDED", pod("job-e", "e-0", 81))
+        wait_until(lambda: (view := cache.view("job-e")) and view[1], timeout=5)
+        wait_until(lambda: cache.jobs.changes == 0 and cache.pods.changes == 0, timeout=5)
+        for table in (cache.jobs, cache.pods):
+            blocks = {id(packed.obj) for packed in table.values() if isinstance(packed, memoryview)}
+            assert len(blocks) == 1 and all(isinstance(p, memoryview) for p in table.values())
+        # Fresh keys, one string per job across both tables, none of them the event's.
+        job_key = next(key for key in cache.jobs if key == "job-e")
+        pod_key = next(key for key in cache.pods if key == "job-e")
+        assert job_key is pod_key
+        assert job_key is not added["metadata"]["labels"]["ocps.lsst.io/job-id"]
+        view = cache.view("job-e")
+        assert view is not None and view[0]["metadata"]["resourceVersion"] == "80"
+        assert [p["metadata"]["name"] for p in view[1]] == ["e-0"]
+    finally:
+        cache.stop()

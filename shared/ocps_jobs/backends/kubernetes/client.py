@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ...errors import BackendUnavailableError, InvalidRequestError, PayloadTooLargeError
 from ...observability import metrics
+from . import wire
 
 __all__ = [
     "PAGE_SIZE",
@@ -73,7 +74,7 @@ class WatchStream:
                 for line in lines:
                     if line.strip():
                         # Not kept in this frame: the consumer frees each event when done.
-                        yield orjson.loads(line)
+                        yield wire.loads(line)
         finally:
             self.response.release_conn()
 
@@ -139,6 +140,11 @@ class KubernetesApi:
         """Call without deserializing into client models: plain JSON is much faster."""
         response = self.call(action, function, *args, _preload_content=False, **kwargs)
         return orjson.loads(response.data)
+
+    def _page(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A list page, raw, its objects without ``managedFields`` (``wire``)."""
+        response = self.call(action, function, *args, _preload_content=False, **kwargs)
+        return wire.loads(response.data)
 
     def _lister(self, kind: Kind) -> Callable[..., Any]:
         if kind == "jobs":
@@ -250,11 +256,14 @@ class KubernetesApi:
         return LogStream(response)
 
     def list_pages(self, kind: Kind, selector: str) -> Iterator[dict[str, Any]]:
-        """The pages of one list, raw, in order; the last carries the list's resourceVersion."""
+        """The pages of one list, raw but for ``managedFields``, in order.
+
+        The last page carries the list's resourceVersion.
+        """
         function = self._lister(kind)
         token = None
         while True:
-            page: dict[str, Any] = self.raw(
+            page: dict[str, Any] = self._page(
                 f"list {kind}",
                 function,
                 self.namespace,

@@ -25,7 +25,7 @@ from .memory import release_free_memory
 from .metadata import owner_label
 from .record import record_from_view
 from .status import JobStatus, job_status, start_timed_out
-from .views import JobView, PodView, unpack
+from .views import JobView, PodView, unpack, unpack_list
 from .watch import MANAGED_SELECTOR, WatchCache
 
 __all__ = ["JobAndPods", "JobListing", "PodsByJob"]
@@ -162,7 +162,7 @@ class JobListing:
         if owner is not None:
             wanted = owner_label(owner)
             jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
-        return jobs, {job_id: list(unpack(pods).values()) for job_id, pods in packed_pods.items()}
+        return jobs, {job_id: unpack_list(pods) for job_id, pods in packed_pods.items()}
 
     def _release_soon(self) -> None:
         """Release the freed memory of a long list once it has been answered (one at a time)."""

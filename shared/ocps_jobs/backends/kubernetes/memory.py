@@ -3,7 +3,9 @@
 glibc's ``malloc`` gives each thread that allocates under contention an arena of its own
 (up to eight per core), and keeps what is freed in each. A server answering lists of
 thousands of jobs on hundreds of threads thus holds many times the memory its watched copy
-needs. Both calls do nothing on another C library.
+needs. Its threshold for giving a large block its own mapping also rises to the size of
+each such block freed, so that the megabytes of every later list page or response come
+from the arenas and leave holes there. Both calls do nothing on another C library.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import ctypes.util
 import functools
 from typing import Any
 
-__all__ = ["MALLOC_ARENAS", "limit_malloc_arenas", "release_free_memory"]
+__all__ = ["MALLOC_ARENAS", "MMAP_THRESHOLD", "limit_malloc_arenas", "release_free_memory"]
 
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+# Blocks of at least this many bytes get a mapping of their own, unmapped when freed.
+MMAP_THRESHOLD = 256 * 1024
+_M_ARENA_MAX = -8  # mallopt's parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
@@ -30,10 +35,11 @@ def _libc() -> Any:
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """At most ``arenas`` malloc arenas for the threads that allocate from now on."""
+    """At most ``arenas`` malloc arenas from now on, and a fixed ``MMAP_THRESHOLD``."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:

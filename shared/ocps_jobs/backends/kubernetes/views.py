@@ -36,6 +36,7 @@ __all__ = [
     "trim_job",
     "trim_pod",
     "unpack",
+    "unpack_list",
 ]
 
 T = TypeVar("T")
@@ -325,8 +326,8 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     return trim(pod, PodView)
 
 
-def pack(trimmed: Mapping[str, Any]) -> bytes:
-    """Trimmed objects (or a mapping of them) as compact JSON of their own, for ``unpack``."""
+def pack(trimmed: Mapping[str, Any] | list[dict[str, Any]]) -> bytes:
+    """A trimmed object (or a list of them) as compact JSON of its own, for ``unpack``."""
     # An exact copy: the buffer ``orjson.dumps`` returns keeps its whole working capacity
     # (many times the JSON's length), for as long as the bytes live.
     return bytes(memoryview(orjson.dumps(trimmed)))
@@ -342,9 +343,15 @@ def pack_pod(pod: Mapping[str, Any]) -> bytes:
     return pack(trim(pod, PodView))
 
 
-def unpack(packed: bytes) -> dict[str, Any]:
+def unpack(packed: bytes | memoryview) -> dict[str, Any]:
     """A packed copy read back: the trimmed object (a new one on every call)."""
     unpacked: dict[str, Any] = orjson.loads(packed)
+    return unpacked
+
+
+def unpack_list(packed: bytes | memoryview) -> list[dict[str, Any]]:
+    """A packed list of trimmed objects read back (new ones on every call)."""
+    unpacked: list[dict[str, Any]] = orjson.loads(packed)
     return unpacked
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +17,8 @@ from typing import Any, NamedTuple, Protocol
 from ...conventions import LABEL_MANAGED_BY, MANAGED_BY
 from .client import Kind
 from .memory import release_free_memory
-from .views import PodView, job_id_of, newer, pack, pack_job, pack_pod, unpack
+from .tables import Packed, PackedTable, compact_tables, pods_after
+from .views import PodView, job_id_of, newer, pack, pack_job, pack_pod, unpack, unpack_list
 
 __all__ = [
     "MANAGED_SELECTOR",
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 KINDS: tuple[Kind, ...] = ("jobs", "pods")
+# The tables are compacted (``tables.compact_tables``) this long after a change, so once
+# per burst of events rather than once per event.
+COMPACT_DELAY_SECONDS = 2.0
 
 
 def freeze_long_lived() -> None:
@@ -68,20 +71,7 @@ def packed_change(kind: Kind, action: str | None, item: dict[str, Any]) -> Chang
     return Change(job_id, name, pack_job(item) if kind == "jobs" else pack_pod(item))
 
 
-def _own(text: str) -> str:
-    """A copy of ``text`` (interned: one per job id across the tables) to keep as a key.
-
-    Made once the parsed page or event ``text`` came from is freed, so that it lands among
-    other long-lived objects instead of keeping that object's allocator pools mapped.
-    """
-    return sys.intern(text.encode().decode())
-
-
-def _put(table: dict[str, bytes], key: str, packed: bytes) -> None:
-    table[key if key in table else _own(key)] = packed
-
-
-def _newer(packed: bytes, current: bytes | None) -> bool:
+def _newer(packed: Packed, current: Packed | None) -> bool:
     return current is None or newer(unpack(packed), unpack(current))
 
 
@@ -115,7 +105,8 @@ class WatchCache:
     """One watch of the namespace's Jobs and one of their Pods, for the whole process.
 
     Keeps a trimmed copy of every managed Job and Pod, current within the watch's latency,
-    each packed (``views.pack_job``: one compact ``bytes`` per object, unpacked when read),
+    packed (``views.pack_job``: compact JSON, unpacked when read; the Pods of a job as one
+    list) in tables compacted after each burst of changes (``tables.compact_tables``),
     so that get and list need no API call, and wakes exactly the waiters of a job that
     changed: a blocked UWS WAIT costs no polling, no API call and no CPU while it sleeps.
     Until both watches have listed their objects (and after a watch fails, until it has
@@ -128,10 +119,11 @@ class WatchCache:
         self.list_pages = list_pages
         self.watch = watch
         self.lock = threading.Lock()
-        # job id -> packed Job; job id -> its Pods packed together, by name: two objects
+        # job id -> packed Job; job id -> its Pods packed together as a list: two objects
         # per job, read by ``views.unpack``, and no small ones that would outlive a list.
-        self.jobs: dict[str, bytes] = {}
-        self.pods: dict[str, bytes] = {}
+        self.jobs = PackedTable()
+        self.pods = PackedTable()
+        self._compaction: threading.Timer | None = None
         self.waiters: dict[str, Waiters] = {}
         self.deleted: dict[str, float] = {}  # job id -> when this process deleted it
         self._synced = {kind: threading.Event() for kind in KINDS}
@@ -192,26 +184,26 @@ class WatchCache:
                     changes.append(change)
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         del page
-        jobs: dict[str, bytes] = {}
-        pods_of: dict[str, dict[str, bytes]] = {}
-        for change in changes:  # the pages are gone: the tables' keys are copies of their own
+        table: dict[str, Packed] = {}
+        pods_of: dict[str, list[Packed]] = {}
+        for change in changes:  # compacted below: the keys and objects get their own block
             if kind == "jobs":
-                jobs[_own(change.job_id)] = change.packed or b""
+                table[change.job_id] = change.packed or b""
             elif change.name:
-                pods_of.setdefault(change.job_id, {})[change.name] = change.packed or b""
+                pods_of.setdefault(change.job_id, []).append(change.packed or b"")
         del changes
-        pods = {
-            _own(job_id): pack({name: unpack(pod) for name, pod in named.items()})
-            for job_id, named in pods_of.items()
-        }
+        for job_id, packed_pods in pods_of.items():
+            table[job_id] = pack([unpack(pod) for pod in packed_pods])
         del pods_of
         with self.lock:
             if kind == "jobs":
-                self.jobs = jobs
+                self.jobs = PackedTable(table)
             else:
-                self.pods = pods
+                self.pods = PackedTable(table)
+            compact_tables((self.jobs, self.pods))
             for waiters in self.waiters.values():  # anything may have changed meanwhile
                 waiters.wake()
+        del table
         freeze_long_lived()
         release_free_memory()
         self._synced[kind].set()
@@ -251,24 +243,31 @@ class WatchCache:
         with self.lock:
             if kind == "jobs":
                 if packed is None:
-                    self.jobs.pop(job_id, None)
+                    self.jobs.pop(job_id)
                 elif job_id not in self.deleted and _newer(packed, self.jobs.get(job_id)):
-                    _put(self.jobs, job_id, packed)
+                    self.jobs.put(job_id, packed)
             else:
-                current = self.pods.get(job_id)
-                pods = unpack(current) if current is not None else {}
-                if packed is None:
-                    if pods.pop(change.name, None) is not None:
-                        if pods:
-                            self.pods[job_id] = pack(pods)
-                        else:
-                            del self.pods[job_id]
-                else:
-                    pod = unpack(packed)
-                    if newer(pod, pods.get(change.name)):
-                        pods[change.name] = pod
-                        _put(self.pods, job_id, pack(pods))
+                changed, pods = pods_after(self.pods.get(job_id), change.name, packed)
+                if changed and pods is None:
+                    self.pods.pop(job_id)
+                elif changed and pods is not None:
+                    self.pods.put(job_id, pods)
             self._notify(job_id)
+            self._compact_soon()
+
+    def _compact_soon(self) -> None:
+        """Compact the tables once the current burst of changes is over (the caller locks)."""
+        if self._compaction is None and not self.stopped.is_set():
+            self._compaction = threading.Timer(COMPACT_DELAY_SECONDS, self._compact)
+            self._compaction.daemon = True
+            self._compaction.start()
+
+    def _compact(self) -> None:
+        with self.lock:
+            self._compaction = None
+            if self.jobs.changes or self.pods.changes:
+                compact_tables((self.jobs, self.pods))
+        release_free_memory()
 
     def _notify(self, job_id: str) -> None:
         waiters = self.waiters.get(job_id)
@@ -286,17 +285,17 @@ class WatchCache:
             if job is None:
                 return None
             pods = self.pods.get(job_id)
-        return unpack(job), list(unpack(pods).values()) if pods is not None else []
+        return unpack(job), unpack_list(pods) if pods is not None else []
 
-    def snapshot(self) -> tuple[list[bytes], dict[str, bytes]] | None:
-        """Every cached Job, and the Pods of each job id by name, packed; None when not synced.
+    def snapshot(self) -> tuple[list[Packed], dict[str, Packed]] | None:
+        """Every cached Job, and the list of Pods of each job id, packed; None when not synced.
 
-        The caller unpacks them (``views.unpack``), outside the lock.
+        The caller unpacks them (``views.unpack``, ``views.unpack_list``), outside the lock.
         """
         if not self.synced:
             return None
         with self.lock:
-            return list(self.jobs.values()), dict(self.pods)
+            return self.jobs.values(), self.pods.items()
 
     def store(self, job: dict[str, Any]) -> None:
         """A Job this process just wrote (read-your-writes before the watch sees it)."""
@@ -306,14 +305,15 @@ class WatchCache:
         packed = pack_job(job)
         with self.lock:
             if _newer(packed, self.jobs.get(job_id)):
-                _put(self.jobs, job_id, packed)
+                self.jobs.put(job_id, packed)
             self._notify(job_id)
+            self._compact_soon()
 
     def forget(self, job_id: str) -> None:
         """A Job this process deleted: gone at once for this process."""
         now = time.monotonic()
         with self.lock:
-            self.jobs.pop(job_id, None)
+            self.jobs.pop(job_id)
             self.deleted[job_id] = now
             for old in [key for key, when in self.deleted.items() if now - when > 300]:
                 del self.deleted[old]
@@ -351,6 +351,8 @@ class WatchCache:
         """Stop both watches and wake every waiter."""
         self.stopped.set()
         with self.lock:
+            if self._compaction is not None:
+                self._compaction.cancel()
             for waiters in self.waiters.values():
                 waiters.condition.notify_all()
         for stream in list(self._streams.values()):
