@@ -250,10 +250,9 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     # When one job changes, every UWS WAIT on it wakes at once: hundreds of threads wanting
-    # the GIL for a millisecond or two each. Forced switches every 5 ms (Python's default)
-    # made them preempt one another and the server's I/O loop, so the last answer came up
-    # to 1-2 s after the change in one run of five; at 20 ms each finishes its answer in
-    # one go (200 waiters: 0.11-0.16 s in six runs of six; bench wait_fanout_local).
+    # the GIL for a millisecond or two each. Forced switches at Python's default interval
+    # made them preempt one another and the server's I/O loop; at a longer one each
+    # finishes its answer in one go (bench wait_fanout_local; figures in bench/README.md).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     assert server.socket is not None
     host, port = server.socket.getsockname()[:2]
