@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,24 @@ def test_log_settings_are_checked_and_named() -> None:
         Settings.from_env(log_level="chatty")
     with pytest.raises(SettingsError, match="OCPS_LOG_FORMAT"):
         Settings.from_env(log_format="xml")
+
+
+def test_a_forked_child_writes_its_lines_while_it_runs(
+    restore_logging: None, tmp_path: Path
+) -> None:
+    # gunicorn forks its worker after functions-framework imported main.py, which
+    # configured logging: the worker's lines must not wait for its exit (never, if killed).
+    with (tmp_path / "out.log").open("w") as out:
+        configure_logging("INFO", "json", out)
+        logging.getLogger("ocps_jobs.test").info("from the parent")
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child process
+            logging.getLogger("ocps_jobs.test").info("from the child")
+            time.sleep(1.0)
+            os._exit(0)  # no atexit flush: only the child's writer thread can have written
+        os.waitpid(child, 0)
+        flush_logging()
+    messages = [
+        json.loads(line)["message"] for line in (tmp_path / "out.log").read_text().splitlines()
+    ]
+    assert sorted(messages) == ["from the child", "from the parent"]  # each line once

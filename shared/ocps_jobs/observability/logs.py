@@ -11,9 +11,11 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import sys
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TextIO
@@ -176,16 +178,29 @@ class _BatchingHandler(logging.Handler):
     A request thread never writes: a write releases the GIL, and with the embedded
     server's 20 ms switch interval, getting it back can wait that long behind other
     threads. Nor does it wake a thread per record (the cost of a queue and its listener).
+    A forked child (gunicorn's worker, which functions-framework forks after main.py
+    configured logging) gets a writer of its own: threads do not survive a fork.
     """
 
     def __init__(self, stream: TextIO | None) -> None:
         super().__init__()
         self._stream = stream  # None: whatever sys.stdout is when the batch is written
         self._lines: collections.deque[str] = collections.deque()
+        self._start_writer()
+        os.register_at_fork(after_in_child=_restart_in_child(weakref.ref(self)))
+
+    def _start_writer(self) -> None:
         self._write_lock = threading.Lock()
         self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._run, name="ocps-log-writer", daemon=True)
         self._writer.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent writes the lines it formatted; a writer for ours."""
+        if self._stopping.is_set():
+            return  # closed before the fork
+        self._lines.clear()
+        self._start_writer()
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format now (the record's objects may change later), write with the next batch."""
@@ -219,6 +234,17 @@ class _BatchingHandler(logging.Handler):
     def _run(self) -> None:
         while not self._stopping.wait(_FLUSH_SECONDS):
             self.flush()
+
+
+def _restart_in_child(handler: weakref.ref[_BatchingHandler]) -> Callable[[], None]:
+    """What a forked child runs for ``handler`` (nothing once the handler is gone)."""
+
+    def restart() -> None:
+        alive = handler()
+        if alive is not None:
+            alive.after_fork()
+
+    return restart
 
 
 def _is_terminal(stream: TextIO) -> bool:
