@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,16 @@ def _download_server(
 
 
 def _peak_rss_kb(server: Server) -> int:
-    """The largest VmHWM in the server's process tree (gunicorn's worker, not its arbiter)."""
-    return max(proc_status_kb(pid, "VmHWM") for pid in process_tree(server.pid))
+    """The largest VmHWM in the server's process tree (gunicorn's worker, not its arbiter).
+
+    A child that has exited and is not yet reaped (a job's process, a sandbox probe) has no
+    memory lines: it counts as nothing.
+    """
+    peaks = [0]
+    for pid in process_tree(server.pid):
+        with suppress(KeyError, OSError):
+            peaks.append(proc_status_kb(pid, "VmHWM"))
+    return max(peaks)
 
 
 def bench_download(work: Path, quick: bool, endpoint: str) -> list[Result]:
