@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from flask.testing import FlaskClient
 
+from tests.conftest import FUNCTIONS
 from tests.helpers import wait_for_phase
 
 JOB = "0" * 32
@@ -130,3 +133,24 @@ def test_a_function_with_bad_settings_does_not_start(
     (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines() if text]
     assert line["level"] == "CRITICAL"
     assert "OCPS_MAX_CONCURRENT_JOBS" in line["message"]
+
+
+def test_the_web_view_loads_on_its_first_page_not_at_a_functions_start(tmp_path: Path) -> None:
+    # In a fresh interpreter, as Knative starts the function: its start (a cold start)
+    # imports the web view's routes only; the first page request loads the view.
+    script = f"""
+import os, sys
+os.environ.update(OCPS_DATA_DIR={str(tmp_path / "data")!r}, OCPS_AUTH_REQUIRED="false")
+from functions_framework import create_app
+from ocps_jobs.http.web_routes import WEB_VIEW_MODULE
+client = create_app("query_job", {str(FUNCTIONS / "query_job" / "main.py")!r}).test_client()
+started = WEB_VIEW_MODULE in sys.modules
+page = client.get("/", headers={{"Accept": "text/html"}})
+print("RESULT", started, page.status_code, WEB_VIEW_MODULE in sys.modules, b"<table" in page.data)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result == "RESULT False 200 True True"

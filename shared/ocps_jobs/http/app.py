@@ -24,7 +24,7 @@ from .render import render_error
 from .routing import Context, Route, Router
 from .uws import UWS_CREATE_JOB_ROUTES, UWS_QUERY_JOB_ROUTES, UWS_RESULTS_ROUTES
 from .uws_xml import render_uws_error
-from .web import WEB_CREATE_JOB_ROUTES, WEB_QUERY_JOB_ROUTES
+from .web_routes import WEB_CREATE_JOB_ROUTES, WEB_QUERY_JOB_ROUTES
 
 __all__ = ["FUNCTION_ROUTES", "FunctionApp", "create_embedded_app", "render_error_for"]
 

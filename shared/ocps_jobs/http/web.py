@@ -26,7 +26,8 @@ from ..service import ListQuery
 from ..transitions import WAITABLE_PHASES
 from .json_api import API
 from .logs import LOG_ROUTES
-from .routing import Context, Route
+from .routing import Context
+from .web_routes import WEB
 from .webpages import (
     JOBS_PER_PAGE,
     LOG_TAIL_BYTES,
@@ -44,12 +45,15 @@ from .webpages import (
 __all__ = [
     "ABORT_HEADER",
     "WEB",
-    "WEB_CREATE_JOB_ROUTES",
-    "WEB_QUERY_JOB_ROUTES",
+    "abort_job",
+    "job_changes",
+    "job_page",
+    "jobs_changes",
+    "jobs_page",
     "log_follow_url",
+    "static_file",
 ]
 
-WEB = "/web"
 # A cross-site form or link cannot send a custom header; a cross-origin script must ask
 # first (CORS preflight), which the service does not grant for it: the abort of a page.
 ABORT_HEADER = "X-OCPS-Web-Action"
@@ -363,16 +367,3 @@ def static_file(ctx: Context) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
-
-
-WEB_QUERY_JOB_ROUTES = [
-    Route("GET", "/", jobs_page),
-    Route("GET", f"{WEB}/static/{{name}}", static_file, public=True),
-    Route("GET", f"{WEB}/jobs/changes", jobs_changes),
-    Route("GET", f"{WEB}/jobs/{{job_id}}", job_page),
-    Route("GET", f"{WEB}/jobs/{{job_id}}/changes", job_changes),
-]
-
-WEB_CREATE_JOB_ROUTES = [
-    Route("POST", f"{WEB}/jobs/{{job_id}}/abort", abort_job),
-]
