@@ -88,12 +88,17 @@ def closed_by_server(connection: socket.socket, within: float) -> bool:
     return False
 
 
-@pytest.fixture
-def job_id(server: ServeProcess) -> Iterator[str]:
+def running_job(server: ServeProcess) -> Iterator[str]:
+    """A job that runs for a minute (deleted afterwards): what the attacks hold threads on."""
     running = submit(server, "sleep 60")
     wait_until(lambda: phase(server, running) == "executing")
     yield running
     requests.delete(f"{server.url}/api/v1/job/{running}", timeout=10)
+
+
+@pytest.fixture
+def job_id(server: ServeProcess) -> Iterator[str]:
+    yield from running_job(server)
 
 
 def test_silent_connections_neither_hold_the_server_nor_stay(

@@ -16,8 +16,7 @@ import pytest
 import requests
 
 from tests.chaos import ServeProcess
-from tests.helpers import wait_until
-from tests.test_server_limits import ANSWER_WITHIN, attacker, csc_get_seconds, phase, submit
+from tests.test_server_limits import ANSWER_WITHIN, attacker, csc_get_seconds, running_job
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 @pytest.fixture
 def job_id(server: ServeProcess) -> Iterator[str]:
-    running = submit(server, "sleep 60")
-    wait_until(lambda: phase(server, running) == "executing")
-    yield running
-    requests.delete(f"{server.url}/api/v1/job/{running}", timeout=10)
+    yield from running_job(server)
 
 
 def hold_threads(server: ServeProcess, job_id: str, sources: list[str]) -> list[socket.socket]:
