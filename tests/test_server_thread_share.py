@@ -8,13 +8,17 @@ a CSC-style GET from 127.0.0.1 must be answered within a second. Bounded in coun
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
+from ocps_jobs.composition import build_service
+from ocps_jobs.config import Settings
 from tests.chaos import ServeProcess
 from tests.test_server_limits import ANSWER_WITHIN, attacker, csc_get_seconds, running_job
 
@@ -96,3 +100,17 @@ def test_many_addresses_holding_followed_logs_and_waits(server: ServeProcess, jo
         assert time.monotonic() - answered < ANSWER_WITHIN
     finally:
         release(held, started)
+
+
+@pytest.mark.parametrize(
+    ("cap", "held"), [(None, [True] * 3), (0, [False]), (2, [True, True, False])]
+)
+def test_held_request_slots_follow_the_wait_cap(
+    tmp_path: Path, cap: int | None, held: list[bool]
+) -> None:
+    # None: no cap (as under functions-framework); 0: no request may hold its thread.
+    service = build_service(Settings.from_env(data_dir=tmp_path / "data", max_concurrent_waits=cap))
+    with contextlib.ExitStack() as stack:
+        assert [stack.enter_context(service.held_request()) for _ in held] == held
+    with service.held_request() as again:  # the slots come back
+        assert again is (cap != 0)

@@ -101,10 +101,9 @@ class JobService:
         self.backend = backend
         self.store = store
         self.events = JobEvents(store)  # job events: log lines and counters, each once
+        # None: no cap (the functions; Knative bounds their requests); 0: no request waits.
         waits = settings.max_concurrent_waits
-        self._wait_slots = threading.BoundedSemaphore(max(1, waits)) if waits else None
-        self._waits_lock = threading.Lock()
-        self._waits = 0
+        self._wait_slots = None if waits is None else threading.BoundedSemaphore(waits)
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -379,18 +378,12 @@ class JobService:
         without a slot answers at once with what there is.
         """
         slots = self._wait_slots
-        if self.settings.max_concurrent_waits == 0 or (
-            slots is not None and not slots.acquire(blocking=False)
-        ):
+        if slots is not None and not slots.acquire(blocking=False):
             yield False
             return
-        with self._waits_lock:
-            self._waits += 1
         try:
             yield True
         finally:
-            with self._waits_lock:
-                self._waits -= 1
             if slots is not None:
                 slots.release()
 
@@ -472,12 +465,6 @@ class JobService:
                 yield from split_lines(opened.chunks, stream)
             finally:
                 opened.close()
-
-    @property
-    def waits_in_progress(self) -> int:
-        """How many WAITs block now."""
-        with self._waits_lock:
-            return self._waits
 
     def _wait_on(
         self, job_id: str, phase: Phase, seconds: float, disconnected: Callable[[], bool] | None
