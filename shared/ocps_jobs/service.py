@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 from .backends import JobBackend, JobUpdate
 from .backends.base import JobHistory, RecordCheck, Unset
@@ -55,6 +56,8 @@ __all__ = ["WAIT_SLICE_SECONDS", "JobLog", "JobPage", "JobService", "ListQuery"]
 
 log = logging.getLogger(__name__)
 
+Item = TypeVar("Item")
+
 # How often a WAIT whose client may hang up checks that it is still there.
 WAIT_SLICE_SECONDS = 5.0
 
@@ -76,10 +79,13 @@ class ListQuery:
 
 
 @dataclass(frozen=True)
-class JobPage:
-    """One page of a job list; ``next_cursor`` continues it, None on the last page."""
+class JobPage(Generic[Item]):
+    """One page of a job list; ``next_cursor`` continues it, None on the last page.
 
-    records: list[JobRecord]
+    ``records`` holds the jobs' records, or what ``JobService.render_page`` made of each.
+    """
+
+    records: list[Item]
     next_cursor: str | None
 
 
@@ -172,12 +178,19 @@ class JobService:
             return self.list_page(caller, query).records[::-1]
         return self.list_page(caller, query).records
 
-    def list_page(self, caller: Caller, query: ListQuery) -> JobPage:
-        """One page of the caller's jobs, newest first (all of them without LAST or limit).
+    def list_page(self, caller: Caller, query: ListQuery) -> JobPage[JobRecord]:
+        """One page of the caller's jobs, newest first (all of them without LAST or limit)."""
+        return self.render_page(caller, query, _as_record)
 
-        Jobs past their destruction time are left out. On the Kubernetes backend the jobs
-        whose Job object is gone come from the store's history index, read only as far as
-        the page needs.
+    def render_page(
+        self, caller: Caller, query: ListQuery, render: Callable[[JobRecord], Item]
+    ) -> JobPage[Item]:
+        """One page of the caller's jobs, newest first, each record passed through ``render``.
+
+        Each record is rendered as soon as it is read and not kept: a list of thousands of
+        jobs never holds every record at once. Jobs past their destruction time are left
+        out. On the Kubernetes backend the jobs whose Job object is gone come from the
+        store's history index, read only as far as the page needs.
         """
         if query.cursor is not None and not is_sort_key(query.cursor):
             raise InvalidRequestError("The cursor is not one a previous page returned")
@@ -189,7 +202,8 @@ class JobService:
         now = _now()
         # One more than a page asks for: whether another page follows.
         wanted = None if size is None else size + (query.limit is not None)
-        records: list[JobRecord] = []
+        items: list[Item] = []
+        last_place = ""  # the sort key of a full page's last job
         for record in self._newest(
             owner, query.cursor or "", wanted or MAX_PAGE_SIZE, query.phases
         ):
@@ -202,13 +216,14 @@ class JobService:
                 continue
             if query.phases is not None and record.phase not in query.phases:
                 continue
-            records.append(record)
-            if wanted is not None and len(records) >= wanted:
-                break
-        if size is None or len(records) <= size:
-            return JobPage(records, None)
-        records = records[:size]
-        return JobPage(records, sort_key(records[-1].creation_time, records[-1].job_id))
+            if len(items) == size:  # a full page, and this job follows it
+                return JobPage(items, last_place)
+            items.append(render(record))
+            if len(items) == size:
+                if wanted == size:
+                    break  # LAST: the newest N, no page after them
+                last_place = sort_key(record.creation_time, record.job_id)
+        return JobPage(items, None)
 
     def _newest(
         self,
@@ -532,6 +547,10 @@ class JobService:
         """Release the backend and the events' thread."""
         self.events.close()
         self.backend.close()
+
+
+def _as_record(record: JobRecord) -> JobRecord:
+    return record
 
 
 def _now() -> datetime:

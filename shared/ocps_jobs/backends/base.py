@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -45,8 +45,11 @@ class JobBackend(Protocol):
 
     def list_records(
         self, owner: str | None = None, phases: Collection[Phase] | None = None
-    ) -> list[JobRecord]:
-        """Every job (of ``owner``, in ``phases`` when given), in no particular order."""
+    ) -> Iterable[JobRecord]:
+        """Every job (of ``owner``, in ``phases`` when given), in no particular order.
+
+        Possibly built one at a time as iterated (the Kubernetes backend's are): read once.
+        """
 
     def start(self, job_id: str) -> JobRecord:
         """Move a pending job to the queue."""

@@ -10,12 +10,19 @@ from flask import Response
 
 from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..errors import InvalidRequestError
-from ..models import MAX_RESULTS_PAGE, DeleteResponse, JobRecord, JobRequest, Phase
+from ..models import (
+    MAX_JOB_OBJECT_RESULTS,
+    MAX_RESULTS_PAGE,
+    DeleteResponse,
+    JobRecord,
+    JobRequest,
+    Phase,
+)
 from ..service import ListQuery
 from .downloads import download_response
 from .openapi import openapi_document
 from .parsing import parse_body, parse_natural, refuse_unknown_query
-from .render import job_document, json_response, result_listing
+from .render import job_document, json_list_response, json_response, json_text, result_listing
 from .routing import Context, Route
 
 __all__ = ["CREATE_JOB_ROUTES", "QUERY_JOB_ROUTES", "RESULTS_ROUTES"]
@@ -35,8 +42,11 @@ def _results_page_link(job_id: str, limit: int, cursor: int) -> str:
 
 def _document(ctx: Context, record: JobRecord) -> dict[str, Any]:
     """The job object, linking to its paginated results when it cannot list them all."""
-    link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
-    return job_document(record, ctx.service.results_of(record), ctx.service.store, link)
+    results = ctx.service.results_of(record)
+    link = None
+    if len(results) > MAX_JOB_OBJECT_RESULTS:
+        link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
+    return job_document(record, results, ctx.service.store, link)
 
 
 def _job_response(ctx: Context, job_id: str) -> Response:
@@ -86,9 +96,9 @@ def list_jobs(ctx: Context) -> Response:
             ) from None
     cursor = ctx.request.args.get("cursor")
     limit = _page_size(ctx.request.args.get("limit"), cursor)
-    page = ctx.service.list_page(ctx.caller, ListQuery(phases=phases, limit=limit, cursor=cursor))
-    records = page.records if limit is not None else page.records[::-1]
-    response = json_response([_document(ctx, record) for record in records])
+    asked = ListQuery(phases=phases, limit=limit, cursor=cursor)
+    page = ctx.service.render_page(ctx.caller, asked, lambda r: json_text(_document(ctx, r)))
+    response = json_list_response(page.records if limit is not None else page.records[::-1])
     if page.next_cursor is not None and limit is not None:
         query = {"limit": str(limit), "cursor": page.next_cursor}
         if phase_text:

@@ -17,7 +17,15 @@ from ..models import MAX_JOB_OBJECT_RESULTS, JobRecord, ResultFile, format_seed_
 from ..objectstore import ObjectStore
 from ..resultids import encode_result_id
 
-__all__ = ["job_document", "json_response", "provenance", "render_error", "result_listing"]
+__all__ = [
+    "job_document",
+    "json_list_response",
+    "json_response",
+    "json_text",
+    "provenance",
+    "render_error",
+    "result_listing",
+]
 
 JSON_TYPE = "application/json"
 
@@ -31,6 +39,22 @@ def json_response(data: Any, status: int = 200) -> Response:
     """JSON with two-space indents, as the 2021 seed server wrote it; long lists compact."""
     indent = None if isinstance(data, list) and len(data) > COMPACT_LIST_LENGTH else 2
     return Response(json.dumps(data, indent=indent), status=status, mimetype=JSON_TYPE)
+
+
+def json_text(document: Any) -> str:
+    """One item of a long list, serialized on its own for ``json_list_response``."""
+    return json.dumps(document)
+
+
+def json_list_response(items: list[str]) -> Response:
+    """A list whose items ``json_text`` serialized one by one: as ``json_response`` writes it.
+
+    ``json.dumps`` writes a compact list as its items' own text joined by ``", "``; a short
+    list is read back and indented (at most ``COMPACT_LIST_LENGTH`` small documents).
+    """
+    if len(items) <= COMPACT_LIST_LENGTH:
+        return json_response([json.loads(item) for item in items])
+    return Response(f"[{', '.join(items)}]", mimetype=JSON_TYPE)
 
 
 def render_error(error: OCPSError) -> Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from flask import Response
 
 from ..http.render import json_response
@@ -36,10 +34,9 @@ def _metrics_with_phases(context: Context) -> Response:
 
     def phase_counts() -> dict[str, int]:
         counts = dict.fromkeys((phase.value for phase in Phase), 0)
-        records = service.backend.list_records(None)
-        for record in records:
+        for record in service.backend.list_records(None):
             service.events.observe(record)  # a scrape also finds the jobs that ended unread
-        counts.update(Counter(record.phase.value for record in records))
+            counts[record.phase.value] += 1
         return counts
 
     return Response(metrics.exposition(phase_counts), content_type=metrics.CONTENT_TYPE)
