@@ -350,7 +350,7 @@ def test_an_abort_after_one_replica_succeeded_stops_the_others(
             # The phase decided before the record is built: only the Jobs asked for.
             aborted = reader.list_records(phases=frozenset({Phase.ABORTED}))
             assert [job.job_id for job in aborted] == [job_id]
-            assert reader.list_records(phases=frozenset({Phase.EXECUTING})) == []
+            assert list(reader.list_records(phases=frozenset({Phase.EXECUTING}))) == []
         phases = service.list_jobs(ANYONE, ListQuery(phases=frozenset({Phase.ABORTED})))
         assert [job.job_id for job in phases] == [job_id]
     finally:

@@ -11,20 +11,22 @@ import logging
 import threading
 from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ...config import Settings
 from ...conventions import ANNOTATIONS, LABEL_OWNER
 from ...errors import JobNotFoundError
-from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
+from ...models import FINAL_PHASES, JobRecord, Phase, ResultFile, utcnow
 from ...objectstore.history import place_of
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi
 from .memory import release_free_memory
 from .metadata import owner_label
-from .record import record_from_view
+from .record import creation_time_of, record_from_view
 from .status import JobStatus, job_status, start_timed_out
+from .tables import TableCopy
 from .views import JobView, PodView, unpack, unpack_list
 from .watch import MANAGED_SELECTOR, WatchCache
 
@@ -46,6 +48,52 @@ PodsByJob = dict[str, list[dict[str, Any]]]
 def _place(record: JobRecord) -> tuple[datetime, str]:
     """Where a record stands in a list: by creation time, then job id."""
     return record.creation_time, record.job_id
+
+
+class _Source:
+    """The live Jobs, and the Pods of each job id: the watched copies, or the API's JSON."""
+
+    def __init__(self, jobs: TableCopy | list[dict[str, Any]], pods: TableCopy | PodsByJob) -> None:
+        self._jobs, self._pods = jobs, pods
+        self.jobs: list[Any] = list(jobs.entries.values()) if isinstance(jobs, TableCopy) else jobs
+
+    def job(self, item: Any) -> dict[str, Any]:
+        """One of ``jobs`` as JSON (a new copy of a watched one)."""
+        if isinstance(self._jobs, TableCopy):
+            return unpack(self._jobs.read(item))
+        return item  # type: ignore[no-any-return]
+
+    def pods(self, job_id: str) -> list[PodView]:
+        """The Pods of ``job_id`` (new copies of watched ones)."""
+        if isinstance(self._pods, TableCopy):
+            packed = self._pods.get(job_id)
+            pods = unpack_list(packed) if packed is not None else []
+        else:
+            pods = self._pods.get(job_id, [])
+        return [PodView(pod) for pod in pods]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A listed Job: where it stands, where its JSON is, and what was decided of it."""
+
+    creation_time: datetime
+    job_id: str
+    index: int  # in ``_Source.jobs``
+    status: JobStatus
+    results: list[ResultFile] | None
+
+    @property
+    def place(self) -> tuple[datetime, str]:
+        return self.creation_time, self.job_id
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """The wanted live Jobs of one list, read from ``source``."""
+
+    source: _Source
+    entries: list[_Entry]
 
 
 class JobListing:
@@ -74,52 +122,90 @@ class JobListing:
 
     def list_records(
         self, owner: str | None = None, phases: Collection[Phase] | None = None
-    ) -> list[JobRecord]:
-        """The live Jobs' records (of ``owner``; in ``phases``), from the watched copies."""
-        return self._live_records(owner, phases)[0]
+    ) -> Iterator[JobRecord]:
+        """The live Jobs' records (of ``owner``; in ``phases``), from the watched copies.
 
-    def _live_records(
+        Each record is built as it is asked for: a consumer that keeps none of them holds
+        one at a time.
+        """
+        listed, _ = self._live_listing(owner, phases)
+        return self._records(listed, owner)
+
+    def _live_listing(
         self, owner: str | None, phases: Collection[Phase] | None
-    ) -> tuple[list[JobRecord], set[str]]:
-        """The records, and the ids of every live Job (of ``owner``), in ``phases`` or not.
+    ) -> tuple[_Listing, set[str]]:
+        """The live Jobs (of ``owner``) in ``phases``, and the ids of all of them, in or not.
 
         From the watched copies (waiting for their first listing); else from the API. Each
-        Job's phase is decided from its views first: a record is built only for the Jobs
-        in ``phases``, and nothing of it is kept once listed.
+        Job's phase is decided from its views, one Job at a time, and only what places it
+        is kept: ``_records`` reads the wanted ones again to build their records.
         """
-        jobs, pods = self._live_jobs(owner)
-        if len(jobs) >= RELEASE_AFTER_JOBS:
+        source = self._live_source(owner)
+        if len(source.jobs) >= RELEASE_AFTER_JOBS:
             self._release_soon()
-        ids = [JobView(job).job_id or "" for job in jobs if needs_manifest(job)]
-        manifests = dict(zip(ids, self._pool.map(self.archive.results, ids), strict=True))
-        records = []
-        live_ids = set()
-        for job in jobs:
-            view = JobView(job)
+        listing = _Listing(source, [])
+        live_ids: set[str] = set()
+        need_manifest: list[tuple[int, JobView]] = []
+        label = None if owner is None else owner_label(owner)
+        for index, item in enumerate(source.jobs):
+            view = JobView(source.job(item))
+            if label is not None and view.labels.get(LABEL_OWNER) != label:
+                continue
             job_id = view.job_id or ""
             live_ids.add(job_id)
-            results = manifests.get(job_id)
-            job_pods = [PodView(pod) for pod in pods.get(job_id, [])]
-            try:
-                status = job_status(view, job_pods, manifest_exists=results is not None)
-                upkeep = self._upkeep_needed(view, status, results)
-                wanted = phases is None or status.phase in phases
-                if not wanted and not upkeep:
-                    continue
-                record = record_from_view(view, job_pods, status, results)
-            except (KeyError, ValueError) as error:
-                log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
-                continue
-            if upkeep:
-                self._upkeep(view, record)
-            if wanted and (owner is None or record.owner == owner):
-                records.append(record)
+            if needs_manifest(view.raw):
+                need_manifest.append((index, view))
+            else:
+                self._place(listing, index, view, None, phases)
+        ids = [view.job_id or "" for _, view in need_manifest]
+        for (index, view), results in zip(
+            need_manifest, self._pool.map(self.archive.results, ids), strict=True
+        ):
+            self._place(listing, index, view, results, phases)
         if owner is None:
             # Only Jobs that still exist need their kept version remembered: the TTL removes
             # the others without a delete through this backend.
             for gone in self._archived_versions.keys() - live_ids:
                 self._archived_versions.pop(gone, None)
-        return records, live_ids
+        return listing, live_ids
+
+    def _place(
+        self,
+        listing: _Listing,
+        index: int,
+        view: JobView,
+        results: list[ResultFile] | None,
+        phases: Collection[Phase] | None,
+    ) -> None:
+        """Decide one Job's phase; list it when wanted, keep its archive up when needed."""
+        job_id = view.job_id or ""
+        pods = listing.source.pods(job_id)
+        try:
+            status = job_status(view, pods, manifest_exists=results is not None)
+            wanted = phases is None or status.phase in phases
+            if self._upkeep_needed(view, status, results):
+                self._upkeep(view, record_from_view(view, pods, status, results))
+            if wanted:
+                listing.entries.append(
+                    _Entry(creation_time_of(view), job_id, index, status, results)
+                )
+        except (KeyError, ValueError) as error:
+            log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
+
+    def _records(self, listing: _Listing, owner: str | None = None) -> Iterator[JobRecord]:
+        """The records of the listed entries, in their order, each built when asked for."""
+        source = listing.source
+        for entry in listing.entries:
+            view = JobView(source.job(source.jobs[entry.index]))
+            try:
+                record = record_from_view(
+                    view, source.pods(entry.job_id), entry.status, entry.results
+                )
+            except (KeyError, ValueError) as error:
+                log.error("skipping Job %s with unreadable metadata: %s", entry.job_id, error)
+                continue
+            if owner is None or record.owner == owner:
+                yield record
 
     def _upkeep_needed(self, view: JobView, status: JobStatus, results: list[Any] | None) -> bool:
         """Whether a listed Job needs its archive kept (once a version) or its start ended."""
@@ -145,8 +231,8 @@ class JobListing:
             self._giving_up.add(record.job_id)
             self._pool.submit(self._give_up, record)
 
-    def _live_jobs(self, owner: str | None) -> tuple[list[dict[str, Any]], PodsByJob]:
-        """Every live Job (of ``owner``) and the Pods of each job id."""
+    def _live_source(self, owner: str | None) -> _Source:
+        """Every live Job (of ``owner``) and the Pods of each job id, read one at a time."""
         watched = self._informed()
         snapshot = watched.snapshot()
         if snapshot is None and watched.wait_first_sync(FIRST_SYNC_WAIT_SECONDS):
@@ -156,13 +242,8 @@ class JobListing:
             if owner is not None:
                 selector += f",{LABEL_OWNER}={owner_label(owner)}"
             jobs = self.kube.list("jobs", selector)
-            return jobs, self._pods(selector) if jobs else {}
-        packed_jobs, packed_pods = snapshot
-        jobs = [unpack(job) for job in packed_jobs]
-        if owner is not None:
-            wanted = owner_label(owner)
-            jobs = [job for job in jobs if JobView(job).labels.get(LABEL_OWNER) == wanted]
-        return jobs, {job_id: unpack_list(pods) for job_id, pods in packed_pods.items()}
+            return _Source(jobs, self._pods(selector) if jobs else {})
+        return _Source(*snapshot)
 
     def _release_soon(self) -> None:
         """Release the freed memory of a long list once it has been answered (one at a time)."""
@@ -236,11 +317,13 @@ class JobListing:
         from the store's history index, one listing page at a time, their archived records
         read in parallel. Ordered as ``objectstore.history.sort_key`` orders them.
         """
-        live, live_ids = self._live_records(owner, phases)
+        listing, live_ids = self._live_listing(owner, phases)
+        entries = listing.entries
         if after:
             before = place_of(after)
-            live = [r for r in live if (r.creation_time, r.job_id) < before]
-        live.sort(key=_place, reverse=True)
+            entries = [entry for entry in entries if entry.place < before]
+        entries.sort(key=lambda entry: entry.place, reverse=True)
+        live = self._records(_Listing(listing.source, entries), owner)
         archived = self._archived_newest(owner, after, page_size, live_ids)
         yield from heapq.merge(live, archived, key=_place, reverse=True)
 

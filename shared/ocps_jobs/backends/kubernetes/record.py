@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -21,7 +22,7 @@ from .scripts import from_kubelet_literal
 from .status import JobStatus, job_status, parse_time
 from .views import JobView, PodView
 
-__all__ = ["provenance_of", "record_from_job", "record_from_view"]
+__all__ = ["creation_time_of", "provenance_of", "record_from_job", "record_from_view"]
 
 # What ``git rev-parse HEAD`` prints: a SHA-1 or SHA-256 object name.
 _COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -54,6 +55,16 @@ def provenance_of(pods: Sequence[PodView]) -> tuple[str, str]:
 _ENVIRONMENT = TypeAdapter(list[EnvironmentVariable])
 
 
+def creation_time_of(view: JobView) -> datetime:
+    """When the job was created: its annotation, else the Job's own creation time."""
+    annotations = view.annotations
+    return (
+        parse_time(annotations.get(ANNOTATIONS.CREATION_TIME))
+        or parse_time(view.creation_timestamp)
+        or utcnow()
+    )
+
+
 def record_from_job(
     job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], results: list[ResultFile] | None
 ) -> JobRecord:
@@ -80,9 +91,7 @@ def record_from_view(
         run_id=annotations.get(ANNOTATIONS.RUN_ID, ""),
         owner=annotations.get(ANNOTATIONS.OWNER, ""),
         phase=status.phase,
-        creation_time=parse_time(annotations.get(ANNOTATIONS.CREATION_TIME))
-        or parse_time(view.creation_timestamp)
-        or utcnow(),
+        creation_time=creation_time_of(view),
         start_time=status.start_time,
         end_time=status.end_time,
         execution_duration=view.active_deadline_seconds,
