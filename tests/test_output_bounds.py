@@ -16,6 +16,7 @@ from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import MAX_JOB_OBJECT_RESULTS, MAX_RESULTS_PAGE
 from ocps_jobs.objectstore.trees import walk_files
 from ocps_jobs.service import JobService
+from ocps_jobs.uploader.skips import MAX_SKIPPED_LISTED
 from tests.test_local_backend import finish, submit
 from tests.test_uws import UWS, check_job, path_of, valid_xml
 
@@ -52,6 +53,21 @@ def test_a_job_past_the_file_count_keeps_its_first_files_and_its_phase(tmp_path:
     skipped = manifest_of(service, job_id)["skipped"]
     assert [item["path"] for item in skipped] == [f"f-{n:02d}.txt" for n in range(6, 21)]
     assert {item["reason"] for item in skipped} == {"over the job's output-files limit (5 files)"}
+
+
+def test_a_job_of_many_files_gets_a_bounded_skipped_list_and_keeps_its_results(
+    tmp_path: Path,
+) -> None:
+    service, client = limited(tmp_path, max_output_files=5)
+    job_id = submit(client, command='cd "$JOB_OUTPUT_DIR" && touch f-{0001..1200}.txt')
+    job = finish(client, job_id)
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert sorted(names(job)) == [*(f"f-{n:04d}.txt" for n in range(1, 6)), "ocps-job.log"]
+    skipped = manifest_of(service, job_id)["skipped"]
+    reason = "over the job's output-files limit (5 files)"
+    assert len(skipped) == MAX_SKIPPED_LISTED + 1  # not one entry per file past the limit
+    assert skipped[0] == {"path": "f-0006.txt", "reason": reason}
+    assert skipped[-1] == {"more": 1200 - 5 - MAX_SKIPPED_LISTED, "reason": reason}
 
 
 def test_a_sparse_file_past_the_byte_limit_is_never_copied(tmp_path: Path) -> None:

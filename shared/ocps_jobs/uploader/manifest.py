@@ -10,6 +10,7 @@ from typing import Any
 
 from ..conventions import manifest_key, replica_manifest_key
 from ..objectstore.base import ObjectStore
+from .skips import skipped_entries
 
 __all__ = [
     "MANIFEST_CONTENT_TYPE",
@@ -21,6 +22,7 @@ __all__ = [
     "manifest_exit_code",
     "manifest_files",
     "manifest_skipped",
+    "manifest_skipped_more",
     "merged_manifest",
     "parse_manifest",
     "read_manifest_files",
@@ -83,11 +85,15 @@ def build_manifest(
     job_id: str,
     files: Iterable[ManifestFile],
     skipped: Mapping[str, str] | None = None,
+    *,
+    more_skipped: Mapping[str, int] | None = None,
     **details: Any,
 ) -> dict[str, Any]:
     """The manifest document: the files, then ``details`` (``exitCode``...), then the skipped.
 
-    ``skipped`` maps a result name that could not be kept to why, listed in name order.
+    ``skipped`` maps a result name that could not be kept to why, listed in name order up
+    to ``MAX_SKIPPED_LISTED``; the rest, and ``more_skipped`` (reason -> how many), are
+    counted in one ``{"more": n, "reason": ...}`` entry per reason.
     """
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
@@ -96,10 +102,9 @@ def build_manifest(
         "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         **details,
     }
-    if skipped:
-        manifest["skipped"] = [
-            {"path": path, "reason": reason} for path, reason in sorted(skipped.items())
-        ]
+    entries = skipped_entries(skipped or {}, more_skipped)
+    if entries:
+        manifest["skipped"] = entries
     return manifest
 
 
@@ -135,7 +140,16 @@ def read_manifest_files(data: bytes) -> list[ManifestFile]:
 
 def manifest_skipped(manifest: Mapping[str, Any]) -> dict[str, str]:
     """The result names a manifest says could not be kept, each with the reason."""
-    return {item["path"]: item["reason"] for item in manifest.get("skipped", [])}
+    return {item["path"]: item["reason"] for item in manifest.get("skipped", []) if "path" in item}
+
+
+def manifest_skipped_more(manifest: Mapping[str, Any]) -> dict[str, int]:
+    """How many more skipped files a manifest counts without naming them, by reason."""
+    more: dict[str, int] = {}
+    for item in manifest.get("skipped", []):
+        if "path" not in item and isinstance(item.get("more"), int):
+            more[item["reason"]] = more.get(item["reason"], 0) + item["more"]
+    return more
 
 
 def manifest_exit_code(manifest: Mapping[str, Any]) -> int | None:
@@ -171,10 +185,13 @@ def merged_manifest(
         parts.append(parse_manifest(data))
     listed: dict[str, list[ManifestFile]] = {}
     skipped: dict[str, str] = {}
+    more: dict[str, int] = {}
     for part in parts:
         for item in manifest_files(part):
             listed.setdefault(item.path, []).append(item)
         skipped.update(manifest_skipped(part))
+        for reason, count in manifest_skipped_more(part).items():
+            more[reason] = more.get(reason, 0) + count
     files = {path: _stored_entry(store, entries) for path, entries in listed.items()}
     codes = [manifest_exit_code(part) for part in parts]
     # A failure stops the other replicas (their code is None): the failure is the outcome.
@@ -188,6 +205,7 @@ def merged_manifest(
         job_id,
         [files[path] for path in sorted(files)],
         skipped,
+        more_skipped=more,
         exitCode=exit_code,
         retries=sum(int(part.get("retries", 0)) for part in parts),
         replicas=summaries,
