@@ -9,7 +9,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from ocps_jobs.composition import build_service
+from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import manifest_key
 from ocps_jobs.http import create_embedded_app
@@ -140,6 +140,46 @@ def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) ->
     assert path_of(href) == f"/uws/async/{job_id}/results"
     every = valid_xml(client.get(path_of(href)).data)
     assert len(every.findall(UWS + "result")) == MANY + 1
+
+
+def test_a_job_of_many_results_keeps_a_small_record_and_lists_them_from_its_manifest(
+    tmp_path: Path,
+) -> None:
+    service, client = limited(tmp_path)
+    job_id = submit(
+        client,
+        command=f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do echo $i > r-$i.txt; done',
+    )
+    job = finish(client, job_id, timeout=120)
+    assert job["phase"] == "completed", job["errorSummary"]
+    # The record (in memory and its file) holds the job object's results and a count, not
+    # one entry per result: the manifest beside the outputs lists them all.
+    record_file = tmp_path / "data" / "state" / "jobs" / f"{job_id}.json"
+    saved = json.loads(record_file.read_text())
+    assert len(saved["results"]) == MAX_JOB_OBJECT_RESULTS
+    assert saved["result_count"] == MANY + 1
+    record = service.backend.get(job_id)
+    assert record is not None and record.results is not None
+    assert len(record.results) == MAX_JOB_OBJECT_RESULTS and record.result_count == MANY + 1
+    assert job["jobInfo"]["resultCount"] == MANY + 1
+    assert len(job["results"]) == MAX_JOB_OBJECT_RESULTS
+
+    def check(client: FlaskClient) -> None:
+        every = client.get(f"/api/v1/job/{job_id}/results").get_json()
+        assert len(every) == MANY + 1
+        assert [item["id"] for item in every[:MAX_JOB_OBJECT_RESULTS]] == [
+            item["id"] for item in job["results"]
+        ]
+        # A result past the record's: found in the manifest, by its id and by its index.
+        last = next(item for item in every if item["uri"].endswith(f"/r-{MANY}.txt"))
+        assert client.get(f"/api/v1/job/result/{last['id']}").data == f"{MANY}\n".encode()
+        index = every.index(last)
+        assert client.get(f"/api/v1/job/result/{job_id}/{index}").data == f"{MANY}\n".encode()
+        assert client.get(f"/api/v1/job/{job_id}").get_json() == job
+
+    check(client)
+    close_services()  # and after a restart, from the record file and the manifest
+    check(create_embedded_app(build_service(service.settings)).test_client())
 
 
 def test_a_job_with_few_results_has_the_seed_object_unchanged(client: FlaskClient) -> None:

@@ -26,6 +26,7 @@ from .conventions import (
 from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
 from .models import (
     FINAL_PHASES,
+    MAX_JOB_OBJECT_RESULTS,
     Caller,
     JobParameters,
     JobRecord,
@@ -483,19 +484,36 @@ class JobService:
     # --- results -------------------------------------------------------------------------
 
     def results_of(self, record: JobRecord) -> list[ResultFile]:
-        """A job's result files: known once its outputs are uploaded (manifest written)."""
-        if record.results is not None:
+        """A job's result files: known once its outputs are uploaded (manifest written).
+
+        A record that holds only the first of many (``result_count``) has the rest read
+        from the manifest.
+        """
+        partial = record.result_count is not None
+        if record.results is not None and not partial:
             return record.results
+        kept = record.results or []
         if record.phase not in FINAL_PHASES:
-            return []
+            return kept
         data = self.store.get_bytes(manifest_key(record.job_id))
         if data is None:
-            return []
+            return kept
         try:
             return ResultFile.listed(read_manifest_files(data))
         except (ValueError, KeyError, TypeError) as error:
             log.error("unreadable manifest for job %s: %s", record.job_id, error)
-            return []
+            return kept
+
+    def results_preview(self, record: JobRecord) -> tuple[list[ResultFile], int]:
+        """The first ``MAX_JOB_OBJECT_RESULTS`` results (the job object's) and how many in all.
+
+        From the record alone when it counts them: a job of a hundred thousand results is
+        shown as fast as one of ten.
+        """
+        if record.result_count is not None and record.results is not None:
+            return record.results[:MAX_JOB_OBJECT_RESULTS], record.result_count
+        results = self.results_of(record)
+        return results[:MAX_JOB_OBJECT_RESULTS], len(results)
 
     def list_results(self, job_id: str, caller: Caller) -> list[ResultFile]:
         """The result files of a job the caller may see."""

@@ -36,7 +36,8 @@ def _results_page_link(job_id: str, limit: int, cursor: int) -> str:
 def _document(ctx: Context, record: JobRecord) -> dict[str, Any]:
     """The job object, linking to its paginated results when it cannot list them all."""
     link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
-    return job_document(record, ctx.service.results_of(record), ctx.service.store, link)
+    results, count = ctx.service.results_preview(record)
+    return job_document(record, results, ctx.service.store, link, count)
 
 
 def _job_response(ctx: Context, job_id: str) -> Response:

@@ -251,9 +251,9 @@ def _job_xml(ctx: Context, job_id: str, wait: bool = False) -> Response:
         )
     else:
         record = service.get_job(job_id, ctx.caller)
-    results = service.results_of(record)
+    results, count = service.results_preview(record)
     results_url = _job_url(ctx, record.job_id) + "/results"
-    return xml_response(job_document(record, results, _download_base(ctx), results_url))
+    return xml_response(job_document(record, results, _download_base(ctx), results_url, count))
 
 
 def _wait_seconds(text: str) -> float:
