@@ -136,10 +136,25 @@ def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) ->
     tree = valid_xml(document.data)
     info = tree.find(UWS + "jobInfo")
     assert info.find(OCPS + "resultCount").text == str(MANY + 1)
+    # The link is the paginated JSON listing's first page, whose Link headers lead on.
     href = info.find(OCPS + "results").get(XLINK_HREF)
-    assert path_of(href) == f"/uws/async/{job_id}/results"
-    every = valid_xml(client.get(path_of(href)).data)
-    assert len(every.findall(UWS + "result")) == MANY + 1
+    assert path_of(href) == link
+    # /results is bounded the same way: the first results, a comment naming the listing,
+    # and the listing's next page (the results after these) in its Link header.
+    results = client.get(f"/uws/async/{job_id}/results")
+    page = valid_xml(results.data)
+    listed_xml = page.findall(UWS + "result")
+    assert len(listed_xml) == MAX_JOB_OBJECT_RESULTS
+    assert [item.get(XLINK_HREF).rsplit("/", 1)[1] for item in listed_xml] == [
+        item["id"] for item in job["results"]
+    ]
+    assert f"the first {MAX_JOB_OBJECT_RESULTS} of {MANY + 1} results".encode() in results.data
+    assert href.encode() in results.data
+    found = re.fullmatch(r'<([^>]+)>; rel="next"', results.headers["Link"])
+    assert found is not None
+    rest = client.get(path_of(found[1]))
+    assert rest.get_json() == everything[MAX_JOB_OBJECT_RESULTS:]
+    assert len(results.data) < MAX_JOB_OBJECT_RESULTS * 400
 
 
 def test_a_job_of_many_results_keeps_a_small_record_and_lists_them_from_its_manifest(
@@ -189,3 +204,5 @@ def test_a_job_with_few_results_has_the_seed_object_unchanged(client: FlaskClien
     assert "resultCount" not in job["jobInfo"] and "resultsLink" not in job["jobInfo"]
     info = valid_xml(client.get(f"/uws/async/{job_id}").data).find(UWS + "jobInfo")
     assert info is None or info.find(OCPS + "resultCount") is None
+    results = client.get(f"/uws/async/{job_id}/results")
+    assert b"<!--" not in results.data and "Link" not in results.headers
