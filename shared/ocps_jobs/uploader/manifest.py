@@ -19,6 +19,7 @@ __all__ = [
     "ManifestFile",
     "build_manifest",
     "encode_manifest",
+    "manifest_entries",
     "manifest_exit_code",
     "manifest_files",
     "manifest_skipped",
@@ -113,16 +114,32 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     return json.dumps(manifest, indent=1).encode()
 
 
-def parse_manifest(data: bytes) -> dict[str, Any]:
-    """A stored manifest document, its entries checked; ManifestError when it is not one."""
+def _document(data: bytes) -> dict[str, Any]:
+    """A stored manifest document, its entries unchecked; ManifestError when it is not one."""
     try:
         manifest = json.loads(data)
     except ValueError as error:
         raise ManifestError(f"a manifest that is not JSON: {error}") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise ManifestError("a manifest without a list of files")
+    return manifest
+
+
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """A stored manifest document, its entries checked; ManifestError when it is not one."""
+    manifest = _document(data)
     manifest_files(manifest)
     return manifest
+
+
+def manifest_entries(data: bytes) -> list[Any]:
+    """A stored manifest's file entries as stored, each for ``ManifestFile.from_json``.
+
+    For reading a few of a long list: none is checked (ManifestError only when the document
+    is not a manifest).
+    """
+    files: list[Any] = _document(data)["files"]
+    return files
 
 
 def manifest_files(manifest: Mapping[str, Any]) -> list[ManifestFile]:
@@ -135,7 +152,7 @@ def manifest_files(manifest: Mapping[str, Any]) -> list[ManifestFile]:
 
 def read_manifest_files(data: bytes) -> list[ManifestFile]:
     """The files a stored manifest lists; ManifestError when it is malformed."""
-    return manifest_files(parse_manifest(data))
+    return manifest_files(_document(data))
 
 
 def manifest_skipped(manifest: Mapping[str, Any]) -> dict[str, str]:
