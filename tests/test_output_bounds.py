@@ -15,8 +15,10 @@ from ocps_jobs.conventions import manifest_key
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import MAX_JOB_OBJECT_RESULTS, MAX_RESULTS_PAGE
 from ocps_jobs.objectstore.trees import walk_files
+from ocps_jobs.observability import metrics
 from ocps_jobs.service import JobService
 from ocps_jobs.uploader.skips import MAX_SKIPPED_LISTED
+from tests.helpers import wait_until
 from tests.test_local_backend import finish, submit
 from tests.test_uws import UWS, check_job, path_of, valid_xml
 
@@ -59,6 +61,7 @@ def test_a_job_of_many_files_gets_a_bounded_skipped_list_and_keeps_its_results(
     tmp_path: Path,
 ) -> None:
     service, client = limited(tmp_path, max_output_files=5)
+    counted_before = skipped_metric()
     job_id = submit(client, command='cd "$JOB_OUTPUT_DIR" && touch f-{0001..1200}.txt')
     job = finish(client, job_id)
     assert job["phase"] == "completed", job["errorSummary"]
@@ -68,6 +71,12 @@ def test_a_job_of_many_files_gets_a_bounded_skipped_list_and_keeps_its_results(
     assert len(skipped) == MAX_SKIPPED_LISTED + 1  # not one entry per file past the limit
     assert skipped[0] == {"path": "f-0006.txt", "reason": reason}
     assert skipped[-1] == {"more": 1200 - 5 - MAX_SKIPPED_LISTED, "reason": reason}
+    # The metric counts every skipped file, the counted ones too.
+    wait_until(lambda: skipped_metric() == counted_before + 1195)
+
+
+def skipped_metric() -> float:
+    return metrics.REGISTRY.get_sample_value("ocps_upload_skipped_files_total") or 0.0
 
 
 def test_a_sparse_file_past_the_byte_limit_is_never_copied(tmp_path: Path) -> None:
