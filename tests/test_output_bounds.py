@@ -9,13 +9,16 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from ocps_jobs.composition import build_service
+from ocps_jobs.composition import build_service, close_services
 from ocps_jobs.config import Settings
 from ocps_jobs.conventions import manifest_key
 from ocps_jobs.http import create_embedded_app
 from ocps_jobs.models import MAX_JOB_OBJECT_RESULTS, MAX_RESULTS_PAGE
 from ocps_jobs.objectstore.trees import walk_files
+from ocps_jobs.observability import metrics
 from ocps_jobs.service import JobService
+from ocps_jobs.uploader.skips import MAX_SKIPPED_LISTED
+from tests.helpers import wait_until
 from tests.test_local_backend import finish, submit
 from tests.test_uws import UWS, check_job, path_of, valid_xml
 
@@ -52,6 +55,28 @@ def test_a_job_past_the_file_count_keeps_its_first_files_and_its_phase(tmp_path:
     skipped = manifest_of(service, job_id)["skipped"]
     assert [item["path"] for item in skipped] == [f"f-{n:02d}.txt" for n in range(6, 21)]
     assert {item["reason"] for item in skipped} == {"over the job's output-files limit (5 files)"}
+
+
+def test_a_job_of_many_files_gets_a_bounded_skipped_list_and_keeps_its_results(
+    tmp_path: Path,
+) -> None:
+    service, client = limited(tmp_path, max_output_files=5)
+    counted_before = skipped_metric()
+    job_id = submit(client, command='cd "$JOB_OUTPUT_DIR" && touch f-{0001..1200}.txt')
+    job = finish(client, job_id)
+    assert job["phase"] == "completed", job["errorSummary"]
+    assert sorted(names(job)) == [*(f"f-{n:04d}.txt" for n in range(1, 6)), "ocps-job.log"]
+    skipped = manifest_of(service, job_id)["skipped"]
+    reason = "over the job's output-files limit (5 files)"
+    assert len(skipped) == MAX_SKIPPED_LISTED + 1  # not one entry per file past the limit
+    assert skipped[0] == {"path": "f-0006.txt", "reason": reason}
+    assert skipped[-1] == {"more": 1200 - 5 - MAX_SKIPPED_LISTED, "reason": reason}
+    # The metric counts every skipped file, the counted ones too.
+    wait_until(lambda: skipped_metric() == counted_before + 1195)
+
+
+def skipped_metric() -> float:
+    return metrics.REGISTRY.get_sample_value("ocps_upload_skipped_files_total") or 0.0
 
 
 def test_a_sparse_file_past_the_byte_limit_is_never_copied(tmp_path: Path) -> None:
@@ -120,10 +145,65 @@ def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) ->
     tree = valid_xml(document.data)
     info = tree.find(UWS + "jobInfo")
     assert info.find(OCPS + "resultCount").text == str(MANY + 1)
+    # The link is the paginated JSON listing's first page, whose Link headers lead on.
     href = info.find(OCPS + "results").get(XLINK_HREF)
-    assert path_of(href) == f"/uws/async/{job_id}/results"
-    every = valid_xml(client.get(path_of(href)).data)
-    assert len(every.findall(UWS + "result")) == MANY + 1
+    assert path_of(href) == link
+    # /results is bounded the same way: the first results, a comment naming the listing,
+    # and the listing's next page (the results after these) in its Link header.
+    results = client.get(f"/uws/async/{job_id}/results")
+    page = valid_xml(results.data)
+    listed_xml = page.findall(UWS + "result")
+    assert len(listed_xml) == MAX_JOB_OBJECT_RESULTS
+    assert [item.get(XLINK_HREF).rsplit("/", 1)[1] for item in listed_xml] == [
+        item["id"] for item in job["results"]
+    ]
+    assert f"the first {MAX_JOB_OBJECT_RESULTS} of {MANY + 1} results".encode() in results.data
+    assert href.encode() in results.data
+    found = re.fullmatch(r'<([^>]+)>; rel="next"', results.headers["Link"])
+    assert found is not None
+    rest = client.get(path_of(found[1]))
+    assert rest.get_json() == everything[MAX_JOB_OBJECT_RESULTS:]
+    assert len(results.data) < MAX_JOB_OBJECT_RESULTS * 400
+
+
+def test_a_job_of_many_results_keeps_a_small_record_and_lists_them_from_its_manifest(
+    tmp_path: Path,
+) -> None:
+    service, client = limited(tmp_path)
+    job_id = submit(
+        client,
+        command=f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do echo $i > r-$i.txt; done',
+    )
+    job = finish(client, job_id, timeout=120)
+    assert job["phase"] == "completed", job["errorSummary"]
+    # The record (in memory and its file) holds the job object's results and a count, not
+    # one entry per result: the manifest beside the outputs lists them all.
+    record_file = tmp_path / "data" / "state" / "jobs" / f"{job_id}.json"
+    saved = json.loads(record_file.read_text())
+    assert len(saved["results"]) == MAX_JOB_OBJECT_RESULTS
+    assert saved["result_count"] == MANY + 1
+    record = service.backend.get(job_id)
+    assert record is not None and record.results is not None
+    assert len(record.results) == MAX_JOB_OBJECT_RESULTS and record.result_count == MANY + 1
+    assert job["jobInfo"]["resultCount"] == MANY + 1
+    assert len(job["results"]) == MAX_JOB_OBJECT_RESULTS
+
+    def check(client: FlaskClient) -> None:
+        every = client.get(f"/api/v1/job/{job_id}/results").get_json()
+        assert len(every) == MANY + 1
+        assert [item["id"] for item in every[:MAX_JOB_OBJECT_RESULTS]] == [
+            item["id"] for item in job["results"]
+        ]
+        # A result past the record's: found in the manifest, by its id and by its index.
+        last = next(item for item in every if item["uri"].endswith(f"/r-{MANY}.txt"))
+        assert client.get(f"/api/v1/job/result/{last['id']}").data == f"{MANY}\n".encode()
+        index = every.index(last)
+        assert client.get(f"/api/v1/job/result/{job_id}/{index}").data == f"{MANY}\n".encode()
+        assert client.get(f"/api/v1/job/{job_id}").get_json() == job
+
+    check(client)
+    close_services()  # and after a restart, from the record file and the manifest
+    check(create_embedded_app(build_service(service.settings)).test_client())
 
 
 def test_a_job_with_few_results_has_the_seed_object_unchanged(client: FlaskClient) -> None:
@@ -133,3 +213,5 @@ def test_a_job_with_few_results_has_the_seed_object_unchanged(client: FlaskClien
     assert "resultCount" not in job["jobInfo"] and "resultsLink" not in job["jobInfo"]
     info = valid_xml(client.get(f"/uws/async/{job_id}").data).find(UWS + "jobInfo")
     assert info is None or info.find(OCPS + "resultCount") is None
+    results = client.get(f"/uws/async/{job_id}/results")
+    assert b"<!--" not in results.data and "Link" not in results.headers

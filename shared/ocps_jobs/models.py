@@ -388,6 +388,9 @@ class JobRecord(BaseModel):
     # While queued: why its pods do not start (unschedulable, image pull, missing Secret).
     waiting_reason: str = ""
     results: list[ResultFile] | None = None
+    # Set when ``results`` holds only the first ``MAX_JOB_OBJECT_RESULTS``: how many the job
+    # has (the upload manifest lists every one).
+    result_count: int | None = None
     # What exactly ran: the commit the clone checked out, the job container's image digest.
     commit_sha: str = ""
     image_digest: str = ""

@@ -16,12 +16,12 @@ from typing import Generic, TypeVar
 from .backends import JobBackend, JobUpdate
 from .backends.base import JobHistory, RecordCheck, Unset
 from .backends.logs import LogLine, split_lines
+from .backends.results import JobResults
 from .config import Settings
 from .conventions import (
     LOG_RESULT_NAME,
     MAX_PAGE_SIZE,
     is_job_id,
-    manifest_key,
     replica_log_name,
 )
 from .errors import InvalidRequestError, JobNotFoundError, ResultNotFoundError
@@ -50,7 +50,6 @@ from .transitions import (
     require_duration_change,
     start_needed,
 )
-from .uploader.manifest import read_manifest_files
 
 __all__ = ["WAIT_SLICE_SECONDS", "JobLog", "JobPage", "JobService", "ListQuery"]
 
@@ -106,6 +105,7 @@ class JobService:
         self.settings = settings
         self.backend = backend
         self.store = store
+        self.results = JobResults(store)
         self.events = JobEvents(store)  # job events: log lines and counters, each once
         # None: no cap (the functions; Knative bounds their requests); 0: no request waits.
         waits = settings.max_concurrent_waits
@@ -498,43 +498,46 @@ class JobService:
     # --- results -------------------------------------------------------------------------
 
     def results_of(self, record: JobRecord) -> list[ResultFile]:
-        """A job's result files: known once its outputs are uploaded (manifest written)."""
-        if record.results is not None:
-            return record.results
-        if record.phase not in FINAL_PHASES:
-            return []
-        data = self.store.get_bytes(manifest_key(record.job_id))
-        if data is None:
-            return []
-        try:
-            return ResultFile.listed(read_manifest_files(data))
-        except (ValueError, KeyError, TypeError) as error:
-            log.error("unreadable manifest for job %s: %s", record.job_id, error)
-            return []
+        """Every result of a job: known once its outputs are uploaded (manifest written).
+
+        A record that holds only the first of many (``result_count``) has them all read
+        from the manifest.
+        """
+        return self.results.every(record)
+
+    def results_preview(self, record: JobRecord) -> tuple[list[ResultFile], int]:
+        """The job object's first results and how many in all, from the record when it can."""
+        return self.results.preview(record)
 
     def list_results(self, job_id: str, caller: Caller) -> list[ResultFile]:
         """The result files of a job the caller may see."""
         return self.results_of(self.get_job(job_id, caller))
+
+    def results_page(
+        self, job_id: str, caller: Caller, start: int, count: int
+    ) -> tuple[list[ResultFile], int]:
+        """``count`` results of a visible job from position ``start``, and how many in all."""
+        return self.results.page(self.get_job(job_id, caller), start, count)
 
     def find_result(self, result_id: str, caller: Caller) -> ResultFile:
         """The result a result ID names, if it is one of a visible job's results."""
         decoded = decode_result_id(result_id)
         note_request(job_id=decoded.job_id)
         try:
-            results = self.list_results(decoded.job_id, caller)
+            record = self.get_job(decoded.job_id, caller)
         except JobNotFoundError:
             raise ResultNotFoundError(f"No result with ID {result_id[:100]!r}") from None
-        for result in results:
-            if result.key == decoded.key:
-                return result
-        raise ResultNotFoundError(f"No result with ID {result_id[:100]!r}")
+        result = self.results.by_key(record, decoded.key)
+        if result is None:
+            raise ResultNotFoundError(f"No result with ID {result_id[:100]!r}")
+        return result
 
     def find_result_by_index(self, job_id: str, index: int, caller: Caller) -> ResultFile:
         """The n-th result (from 0) of a visible job."""
-        results = self.list_results(job_id, caller)
-        if not 0 <= index < len(results):
+        result = self.results.by_index(self.get_job(job_id, caller), index)
+        if result is None:
             raise ResultNotFoundError(f"Job {job_id} has no result number {index}")
-        return results[index]
+        return result
 
     def open_result(self, result: ResultFile, start: int, end: int | None) -> ObjectStream:
         """Stream bytes ``start..end`` of a result found by ``find_result``."""

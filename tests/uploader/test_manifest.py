@@ -19,11 +19,13 @@ from ocps_jobs.uploader.manifest import (
     manifest_exit_code,
     manifest_files,
     manifest_skipped,
+    manifest_skipped_more,
     merged_manifest,
     parse_manifest,
     read_manifest_files,
     store_merged_manifest,
 )
+from ocps_jobs.uploader.skips import MAX_SKIPPED_LISTED
 
 
 def entry(job_id: str, name: str, size: int) -> ManifestFile:
@@ -68,6 +70,36 @@ def test_a_manifest_without_skipped_files_has_no_skipped_list() -> None:
     manifest = build_manifest("j", [], {}, exitCode=None)
     assert "skipped" not in manifest
     assert manifest_exit_code(manifest) is None and manifest_skipped(manifest) == {}
+
+
+def test_past_a_few_hundred_skipped_files_the_rest_are_counted_by_reason() -> None:
+    names = {f"s-{n:04d}": "unreadable" for n in range(MAX_SKIPPED_LISTED + 40)}
+    names["zz/"] = "locked"
+    manifest = build_manifest("j", [], names, more_skipped={"locked": 5, "late": 2})
+    entries = json.loads(encode_manifest(manifest))["skipped"]
+    assert entries[:MAX_SKIPPED_LISTED] == [
+        {"path": f"s-{n:04d}", "reason": "unreadable"} for n in range(MAX_SKIPPED_LISTED)
+    ]
+    # What is past the bound (40 more, and "zz/"), then what was counted already.
+    assert entries[MAX_SKIPPED_LISTED:] == [
+        {"more": 2, "reason": "late"},
+        {"more": 6, "reason": "locked"},
+        {"more": 40, "reason": "unreadable"},
+    ]
+    assert len(manifest_skipped(manifest)) == MAX_SKIPPED_LISTED
+    assert manifest_skipped_more(manifest) == {"late": 2, "locked": 6, "unreadable": 40}
+
+
+def test_a_merge_adds_up_the_replicas_counted_skips(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "store")
+    job_id = uuid.uuid4().hex
+    for index in (0, 1):
+        part = build_manifest(job_id, [], {f"r{index}.txt": "big"}, more_skipped={"big": 10})
+        store.put_bytes(replica_manifest_key(job_id, index), encode_manifest(part), "x")
+    merged = merged_manifest(store, job_id, 2)
+    assert merged is not None
+    assert manifest_skipped(merged) == {"r0.txt": "big", "r1.txt": "big"}
+    assert manifest_skipped_more(merged) == {"big": 20}
 
 
 def test_results_are_read_through_the_manifest_module() -> None:

@@ -10,6 +10,9 @@ from minio import Minio
 
 from ocps_jobs.conventions import LOG_RESULT_NAME, output_key
 from ocps_jobs.uploader.contract import OutputLimits
+from ocps_jobs.uploader.manifest import encode_manifest, manifest_skipped
+from ocps_jobs.uploader.scan import scan_outputs
+from ocps_jobs.uploader.skips import MAX_SKIPPED_LISTED
 from ocps_jobs.uploader.upload import Uploader
 from tests.uploader.helpers import (
     FlakyStore,
@@ -143,3 +146,74 @@ def test_the_sidecar_enforces_the_limits_it_is_given(
     }
     record = archived_record(minio, ready_bucket, job.job_id)
     assert len(record.results or []) == len(expected) + 1  # and the log
+
+
+# --- a tree of very many files: a bounded scan and a bounded ``skipped`` list ---------------
+
+
+def many_files(folder: Path, count: int, prefix: str = "f") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        (folder / f"{prefix}-{n:05d}.txt").touch()
+
+
+def test_past_the_file_count_the_skipped_list_names_a_few_hundred_then_counts(
+    job: JobFolder, store: FlakyStore
+) -> None:
+    many_files(job.out, 2000)
+    job.log_file.write_text("captured\n")
+    uploader = Uploader(
+        store, job.job_id, job.out, sleep=lambda _s: None, limits=OutputLimits(max_files=5)
+    )
+    manifest = uploader.finish({LOG_RESULT_NAME: job.log_file}, exitCode=0)
+    # The job's other results are kept: its first five files and the log.
+    assert sorted(kept(store, job.job_id, manifest)) == [
+        *(f"f-{n:05d}.txt" for n in range(5)),
+        LOG_RESULT_NAME,
+    ]
+    reason = "over the job's output-files limit (5 files)"
+    entries = manifest["skipped"]
+    assert len(entries) == MAX_SKIPPED_LISTED + 1
+    assert entries[:MAX_SKIPPED_LISTED] == [
+        {"path": f"f-{n:05d}.txt", "reason": reason} for n in range(5, 5 + MAX_SKIPPED_LISTED)
+    ]
+    assert entries[-1] == {"more": 2000 - 5 - MAX_SKIPPED_LISTED, "reason": reason}
+    assert len(encode_manifest(manifest)) < 64 * 1024
+
+
+def test_the_scan_stops_at_its_bound_and_names_the_folders_it_did_not_read(
+    job: JobFolder, store: FlakyStore
+) -> None:
+    for folder in ("a", "b", "c"):
+        many_files(job.out / folder, 50)
+    # 3 folders, then a/'s 50 files, then 7 of b/'s: 60 entries, and the walk ends there.
+    uploader = Uploader(
+        store,
+        job.job_id,
+        job.out,
+        sleep=lambda _s: None,
+        limits=OutputLimits(max_files=5),
+        scan_entries=60,
+    )
+    manifest = uploader.finish()
+    assert sorted(kept(store, job.job_id, manifest)) == [f"a/f-{n:05d}.txt" for n in range(5)]
+    over = "over the job's output-files limit (5 files)"
+    unread = "not read whole: the scan stops after 60 files and folders"
+    assert manifest_skipped(manifest) == {
+        **{f"a/f-{n:05d}.txt": over for n in range(5, 50)},
+        **{name: over for name in manifest_skipped(manifest) if name.startswith("b/f-")},
+        "b/": unread,
+        "c/": unread,
+    }
+    assert sum(name.startswith("b/f-") for name in manifest_skipped(manifest)) == 7
+
+
+def test_a_scan_with_a_bound_reads_no_more_entries_than_it(job: JobFolder) -> None:
+    many_files(job.out, 1000)
+    unread: list[str] = []
+    found = list(scan_outputs(job.out, max_entries=100, unread=unread))
+    assert len(found) == 100 and unread == ["./"]
+    # Within the bound, in name order among themselves.
+    assert [item.relative_path for item in found] == sorted(item.relative_path for item in found)
+    assert len(list(scan_outputs(job.out, max_entries=1000, unread=unread))) == 1000
+    assert unread == ["./"]  # the whole folder fitted: nothing more was left unread

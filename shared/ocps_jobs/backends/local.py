@@ -33,7 +33,7 @@ from ..uploader.manifest import manifest_files
 from ..uploader.upload import Uploader
 from .base import JobUpdate, Unset
 from .logs import LogLine, follow_file
-from .records import InMemoryRecords, queue_pending, snapshot
+from .records import InMemoryRecords, keep_results, queue_pending, snapshot
 from .sandbox import Sandbox, exit_status, sandbox_for, signal_inside
 from .stderr_tail import cap_message, collect_stderr
 
@@ -193,7 +193,7 @@ class LocalBackend(InMemoryRecords):
         record.error_message = (
             "" if completed else "The job manager restarted while the job was running."
         )
-        record.results = results or []
+        keep_results(record, results or [])
         try:
             with self._lock:
                 self._save(record)
@@ -712,7 +712,7 @@ class LocalBackend(InMemoryRecords):
                 record.phase = phase
                 record.end_time = utcnow()
                 record.error_message = cap_message(message)
-                record.results = results or []
+                keep_results(record, results or [])
                 self._save(record)
                 self._archive(record)
             self._changed.notify_all()

@@ -6,9 +6,24 @@ import threading
 from collections.abc import Callable, Collection
 
 from ..errors import JobNotFoundError
-from ..models import JobRecord, Phase
+from ..models import MAX_JOB_OBJECT_RESULTS, JobRecord, Phase, ResultFile
 
-__all__ = ["InMemoryRecords", "queue_pending", "snapshot"]
+__all__ = ["InMemoryRecords", "keep_results", "queue_pending", "snapshot"]
+
+
+def keep_results(record: JobRecord, results: list[ResultFile]) -> None:
+    """The job's results in its record: all of them, or the first ones and their count.
+
+    A record stays small however many results the job has: past ``MAX_JOB_OBJECT_RESULTS``
+    it keeps the first (what the job object lists) and ``result_count``; the upload
+    manifest beside the outputs lists every one, read only when they are listed.
+    """
+    if len(results) > MAX_JOB_OBJECT_RESULTS:
+        record.results = results[:MAX_JOB_OBJECT_RESULTS]
+        record.result_count = len(results)
+    else:
+        record.results = results
+        record.result_count = None
 
 
 def snapshot(record: JobRecord) -> JobRecord:

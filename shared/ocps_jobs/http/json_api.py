@@ -42,11 +42,11 @@ def _results_page_link(job_id: str, limit: int, cursor: int) -> str:
 
 def _document(ctx: Context, record: JobRecord) -> dict[str, Any]:
     """The job object, linking to its paginated results when it cannot list them all."""
-    results = ctx.service.results_of(record)
+    results, count = ctx.service.results_preview(record)
     link = None
-    if len(results) > MAX_JOB_OBJECT_RESULTS:
+    if count > MAX_JOB_OBJECT_RESULTS:
         link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
-    return job_document(record, results, ctx.service.store, link)
+    return job_document(record, results, ctx.service.store, link, count)
 
 
 def _job_response(ctx: Context, job_id: str) -> Response:
@@ -151,10 +151,13 @@ def list_results(ctx: Context) -> Response:
         limit = MAX_RESULTS_PAGE if limit_text is None else parse_natural(limit_text)
         if limit is None or not 1 <= limit <= MAX_RESULTS_PAGE:
             raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_RESULTS_PAGE}")
-    results = ctx.service.list_results(job_id, ctx.caller)
-    page = results if limit is None else results[cursor : cursor + limit]
+    if limit is None:
+        page = ctx.service.list_results(job_id, ctx.caller)
+        total = len(page)
+    else:  # of a job of many results, only this page's entries are read
+        page, total = ctx.service.results_page(job_id, ctx.caller, cursor, limit)
     response = json_response([result_listing(result, ctx.service.store) for result in page])
-    if limit is not None and cursor + limit < len(results):
+    if limit is not None and cursor + limit < total:
         link = _results_page_link(job_id, limit, cursor + limit)
         response.headers["Link"] = f'<{link}>; rel="next"'
     return response

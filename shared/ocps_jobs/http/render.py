@@ -93,15 +93,18 @@ def job_document(
     results: list[ResultFile],
     store: ObjectStore,
     results_link: str | None = None,
+    result_count: int | None = None,
 ) -> dict[str, Any]:
     """The seed's job object, field for field and in the seed's order.
 
-    It lists the first ``MAX_JOB_OBJECT_RESULTS`` results; with more, ``jobInfo`` has
-    ``resultCount`` (all of them) and ``resultsLink`` (the paginated listing's first page).
+    It lists the first ``MAX_JOB_OBJECT_RESULTS`` results; with more (``result_count``, or
+    else ``results`` is every one), ``jobInfo`` has ``resultCount`` (all of them) and
+    ``resultsLink`` (the paginated listing's first page).
     """
     info: dict[str, Any] = dict(provenance(record))
-    if len(results) > MAX_JOB_OBJECT_RESULTS:
-        info["resultCount"] = len(results)
+    count = len(results) if result_count is None else result_count
+    if count > MAX_JOB_OBJECT_RESULTS:
+        info["resultCount"] = count
         if results_link is not None:
             info["resultsLink"] = results_link
     return {

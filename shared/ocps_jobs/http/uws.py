@@ -31,7 +31,7 @@ from flask import Response
 from pydantic import ValidationError
 
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
-from ..models import JOB_PARAMETERS, JobRequest, ParameterKind, Phase
+from ..models import JOB_PARAMETERS, MAX_RESULTS_PAGE, JobRequest, ParameterKind, Phase
 from ..service import ListQuery
 from .environ import CLIENT_DISCONNECTED_KEY
 from .hosts import is_trusted_host
@@ -225,6 +225,12 @@ def _job_url(ctx: Context, job_id: str) -> str:
     return f"{_base(ctx)}uws/async/{job_id}"
 
 
+def _results_listing_url(ctx: Context, job_id: str, cursor: int = 0) -> str:
+    """The JSON interface's paginated listing of a job's results, from ``cursor`` on."""
+    query = f"limit={MAX_RESULTS_PAGE}" + (f"&cursor={cursor}" if cursor else "")
+    return f"{_base(ctx)}api/v1/job/{job_id}/results?{query}"
+
+
 def _download_base(ctx: Context) -> str:
     """Result links download through the JSON interface's ``/api/v1/job/result/{id}``."""
     return f"{_base(ctx)}api/v1/job/result/"
@@ -251,9 +257,9 @@ def _job_xml(ctx: Context, job_id: str, wait: bool = False) -> Response:
         )
     else:
         record = service.get_job(job_id, ctx.caller)
-    results = service.results_of(record)
-    results_url = _job_url(ctx, record.job_id) + "/results"
-    return xml_response(job_document(record, results, _download_base(ctx), results_url))
+    results, count = service.results_preview(record)
+    listing = _results_listing_url(ctx, record.job_id)
+    return xml_response(job_document(record, results, _download_base(ctx), listing, count))
 
 
 def _wait_seconds(text: str) -> float:
@@ -410,10 +416,21 @@ def get_parameters(ctx: Context) -> Response:
 
 
 def get_results(ctx: Context) -> Response:
-    """``GET .../results``: ``<uws:results>``, each with an absolute download link."""
+    """``GET .../results``: ``<uws:results>``, each with an absolute download link.
+
+    It lists the first ``MAX_JOB_OBJECT_RESULTS``; a job with more has them all in the
+    paginated JSON listing, which a comment names and whose next page (the results after
+    these) is in a ``Link: <...>; rel="next"`` header.
+    """
     record = ctx.service.get_job(ctx.params["job_id"], ctx.caller)
-    results = ctx.service.results_of(record)
-    return xml_response(results_document(record, results, _download_base(ctx)))
+    results, count = ctx.service.results_preview(record)
+    listing = _results_listing_url(ctx, record.job_id)
+    document = results_document(record, results, _download_base(ctx), count, listing)
+    response = xml_response(document)
+    if count > len(results):
+        following = _results_listing_url(ctx, record.job_id, len(results))
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
 
 
 UWS_CREATE_JOB_ROUTES = [

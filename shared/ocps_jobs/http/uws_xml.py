@@ -193,12 +193,13 @@ def job_document(
     results: list[ResultFile],
     download_base: str,
     results_url: str | None = None,
+    result_count: int | None = None,
 ) -> ET.Element:
     """``<uws:job version="1.1">`` with every element of ``JobSummary`` in schema order.
 
-    Its ``<uws:results>`` holds the first ``MAX_JOB_OBJECT_RESULTS``; with more, its
-    ``jobInfo`` has ``<ocps:resultCount>`` and ``<ocps:results xlink:href>``, the job's
-    ``/results`` (every one).
+    Its ``<uws:results>`` holds the first ``MAX_JOB_OBJECT_RESULTS``; with more
+    (``result_count``, or else ``results`` is every one), its ``jobInfo`` has
+    ``<ocps:resultCount>`` and ``<ocps:results xlink:href>``, the paginated JSON listing.
     """
     root = ET.Element(_uws("job"), {"version": UWS_VERSION})
     _child(root, "jobId", record.job_id)
@@ -214,7 +215,8 @@ def job_document(
     root.append(parameters_element(record))
     root.append(results_element(record, results[:MAX_JOB_OBJECT_RESULTS], download_base))
     _error_summary(root, record)
-    more = len(results) if len(results) > MAX_JOB_OBJECT_RESULTS else None
+    count = len(results) if result_count is None else result_count
+    more = count if count > MAX_JOB_OBJECT_RESULTS else None
     _job_info(root, record, more, results_url)
     return root
 
@@ -262,10 +264,25 @@ def job_list_document(records: list[JobRecord], job_base: str) -> ET.Element:
 
 
 def results_document(
-    record: JobRecord, results: list[ResultFile], download_base: str
+    record: JobRecord,
+    results: list[ResultFile],
+    download_base: str,
+    result_count: int | None = None,
+    listing_url: str | None = None,
 ) -> ET.Element:
-    """``<uws:results>`` as the root of ``/results``."""
-    return results_element(record, results, download_base)
+    """``<uws:results>`` as the root of ``/results``: the first ``MAX_JOB_OBJECT_RESULTS``.
+
+    With more (``result_count``), a comment says how many and where the paginated JSON
+    listing of every one is (the schema allows only ``<uws:result>`` in the element; the
+    handler's ``Link`` header says it too).
+    """
+    element = results_element(record, results[:MAX_JOB_OBJECT_RESULTS], download_base)
+    count = len(results) if result_count is None else result_count
+    if count > MAX_JOB_OBJECT_RESULTS:
+        where = f": every one is listed, in pages, at {listing_url}" if listing_url else ""
+        note = f" the first {MAX_JOB_OBJECT_RESULTS} of {count} results{where} "
+        element.insert(0, ET.Comment(clean_text(note.replace("--", "%2D%2D"))))
+    return element
 
 
 def parameters_document(record: JobRecord) -> ET.Element:

@@ -204,10 +204,18 @@ class JobEvents:
             uploaded = sum(int(item.get("size", 0)) for item in files)
             metrics.RESULT_FILES.inc(len(files))
             metrics.RESULT_BYTES.inc(uploaded)
-            metrics.UPLOAD_SKIPPED.inc(len(skipped) if isinstance(skipped, list) else 0)
+            metrics.UPLOAD_SKIPPED.inc(_skipped_count(skipped))
             metrics.UPLOAD_RETRIES.inc(retries if isinstance(retries, int) else 0)
             fields.update(exit_code=manifest.get("exitCode"), files=len(files), bytes=uploaded)
         log.info("job ended", extra=fields)
+
+
+def _skipped_count(skipped: Any) -> int:
+    """The files a manifest's ``skipped`` list names or counts (``{"more": n}``)."""
+    if not isinstance(skipped, list):
+        return 0
+    counts = [item.get("more", 1) if isinstance(item, dict) else 1 for item in skipped]
+    return sum(count for count in counts if isinstance(count, int))
 
 
 def _iso(record: JobRecord) -> str | None:

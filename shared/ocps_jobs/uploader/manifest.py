@@ -10,6 +10,7 @@ from typing import Any
 
 from ..conventions import manifest_key, replica_manifest_key
 from ..objectstore.base import ObjectStore
+from .skips import skipped_entries
 
 __all__ = [
     "MANIFEST_CONTENT_TYPE",
@@ -18,9 +19,11 @@ __all__ = [
     "ManifestFile",
     "build_manifest",
     "encode_manifest",
+    "manifest_entries",
     "manifest_exit_code",
     "manifest_files",
     "manifest_skipped",
+    "manifest_skipped_more",
     "merged_manifest",
     "parse_manifest",
     "read_manifest_files",
@@ -83,11 +86,15 @@ def build_manifest(
     job_id: str,
     files: Iterable[ManifestFile],
     skipped: Mapping[str, str] | None = None,
+    *,
+    more_skipped: Mapping[str, int] | None = None,
     **details: Any,
 ) -> dict[str, Any]:
     """The manifest document: the files, then ``details`` (``exitCode``...), then the skipped.
 
-    ``skipped`` maps a result name that could not be kept to why, listed in name order.
+    ``skipped`` maps a result name that could not be kept to why, listed in name order up
+    to ``MAX_SKIPPED_LISTED``; the rest, and ``more_skipped`` (reason -> how many), are
+    counted in one ``{"more": n, "reason": ...}`` entry per reason.
     """
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
@@ -96,10 +103,9 @@ def build_manifest(
         "uploadedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         **details,
     }
-    if skipped:
-        manifest["skipped"] = [
-            {"path": path, "reason": reason} for path, reason in sorted(skipped.items())
-        ]
+    entries = skipped_entries(skipped or {}, more_skipped)
+    if entries:
+        manifest["skipped"] = entries
     return manifest
 
 
@@ -108,16 +114,32 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     return json.dumps(manifest, indent=1).encode()
 
 
-def parse_manifest(data: bytes) -> dict[str, Any]:
-    """A stored manifest document, its entries checked; ManifestError when it is not one."""
+def _document(data: bytes) -> dict[str, Any]:
+    """A stored manifest document, its entries unchecked; ManifestError when it is not one."""
     try:
         manifest = json.loads(data)
     except ValueError as error:
         raise ManifestError(f"a manifest that is not JSON: {error}") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise ManifestError("a manifest without a list of files")
+    return manifest
+
+
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """A stored manifest document, its entries checked; ManifestError when it is not one."""
+    manifest = _document(data)
     manifest_files(manifest)
     return manifest
+
+
+def manifest_entries(data: bytes) -> list[Any]:
+    """A stored manifest's file entries as stored, each for ``ManifestFile.from_json``.
+
+    For reading a few of a long list: none is checked (ManifestError only when the document
+    is not a manifest).
+    """
+    files: list[Any] = _document(data)["files"]
+    return files
 
 
 def manifest_files(manifest: Mapping[str, Any]) -> list[ManifestFile]:
@@ -130,12 +152,21 @@ def manifest_files(manifest: Mapping[str, Any]) -> list[ManifestFile]:
 
 def read_manifest_files(data: bytes) -> list[ManifestFile]:
     """The files a stored manifest lists; ManifestError when it is malformed."""
-    return manifest_files(parse_manifest(data))
+    return manifest_files(_document(data))
 
 
 def manifest_skipped(manifest: Mapping[str, Any]) -> dict[str, str]:
     """The result names a manifest says could not be kept, each with the reason."""
-    return {item["path"]: item["reason"] for item in manifest.get("skipped", [])}
+    return {item["path"]: item["reason"] for item in manifest.get("skipped", []) if "path" in item}
+
+
+def manifest_skipped_more(manifest: Mapping[str, Any]) -> dict[str, int]:
+    """How many more skipped files a manifest counts without naming them, by reason."""
+    more: dict[str, int] = {}
+    for item in manifest.get("skipped", []):
+        if "path" not in item and isinstance(item.get("more"), int):
+            more[item["reason"]] = more.get(item["reason"], 0) + item["more"]
+    return more
 
 
 def manifest_exit_code(manifest: Mapping[str, Any]) -> int | None:
@@ -171,10 +202,13 @@ def merged_manifest(
         parts.append(parse_manifest(data))
     listed: dict[str, list[ManifestFile]] = {}
     skipped: dict[str, str] = {}
+    more: dict[str, int] = {}
     for part in parts:
         for item in manifest_files(part):
             listed.setdefault(item.path, []).append(item)
         skipped.update(manifest_skipped(part))
+        for reason, count in manifest_skipped_more(part).items():
+            more[reason] = more.get(reason, 0) + count
     files = {path: _stored_entry(store, entries) for path, entries in listed.items()}
     codes = [manifest_exit_code(part) for part in parts]
     # A failure stops the other replicas (their code is None): the failure is the outcome.
@@ -188,6 +222,7 @@ def merged_manifest(
         job_id,
         [files[path] for path in sorted(files)],
         skipped,
+        more_skipped=more,
         exitCode=exit_code,
         retries=sum(int(part.get("retries", 0)) for part in parts),
         replicas=summaries,

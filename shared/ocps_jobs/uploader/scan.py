@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from .names import result_name
@@ -98,12 +99,19 @@ def descriptor_path(descriptor: int, fallback: str) -> str:
     return magic if os.path.exists(magic) else fallback
 
 
+def _folder_name(parts: list[str]) -> str:
+    """A folder's result name, ending in ``/``; ``./`` for the output folder itself."""
+    return result_name("/".join(parts)) + "/" if parts else "./"
+
+
 def scan_outputs(
     output_dir: Path,
     unreadable: list[str] | None = None,
     *,
     max_depth: int | None = None,
     too_deep: list[str] | None = None,
+    max_entries: int | None = None,
+    unread: list[str] | None = None,
 ) -> Iterator[OutputFile]:
     """Every regular file under ``output_dir``; symbolic links are not followed or uploaded.
 
@@ -111,17 +119,35 @@ def scan_outputs(
     may not list are added to ``unreadable`` (their paths, ending in ``/``) and skipped;
     paths of any depth are read, folder by folder, never by their whole length. With
     ``max_depth``, a folder whose files would be more than that many folders deep is not
-    read: its path (ending in ``/``) is added to ``too_deep``.
+    read: its path (ending in ``/``) is added to ``too_deep``. With ``max_entries``, the
+    scan reads at most that many entries (files and folders) in all, so a tree of millions
+    costs no more than that: the folders it then has not read whole are added to
+    ``unread``, and of a folder holding more entries than are left, the first the file
+    system lists are taken (in name order among themselves).
     """
     root = str(output_dir)
     pending: list[list[str]] = [[]]
+    budget = max_entries
     while pending:
         parts = pending.pop()
+        if budget is not None and budget <= 0:
+            if unread is not None:
+                unread.extend(_folder_name(folder) for folder in [parts, *reversed(pending)])
+            return
         try:
             folder = _open_folder(root, parts)
             try:
                 with os.scandir(folder) as listing:
-                    entries = sorted(listing, key=lambda entry: entry.name)
+                    if budget is None:
+                        taken = list(listing)
+                    else:
+                        taken = list(islice(listing, budget + 1))
+                        if len(taken) > budget:
+                            del taken[budget:]
+                            if unread is not None:
+                                unread.append(_folder_name(parts))
+                        budget -= len(taken)
+                    entries = sorted(taken, key=lambda entry: entry.name)
             except BaseException:
                 os.close(folder)
                 raise
@@ -141,7 +167,7 @@ def scan_outputs(
                         inner = [*parts, entry.name]
                         if max_depth is not None and len(inner) > max_depth:
                             if too_deep is not None:
-                                too_deep.append(result_name("/".join(inner)) + "/")
+                                too_deep.append(_folder_name(inner))
                         else:
                             subfolders.append(inner)
                     elif entry.is_file(follow_symlinks=False):

@@ -7,7 +7,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +25,19 @@ from .contract import (
 from .manifest import ManifestFile, build_manifest, store_manifest
 from .names import alternate_name
 from .scan import FORBIDDEN, GONE, OutputFile, descriptor_path, open_beneath, scan_outputs
+from .skips import MAX_SKIPPED_LISTED, SkipTally
 
-__all__ = ["Uploader"]
+__all__ = ["SCAN_MARGIN_ENTRIES", "Uploader", "scan_bound"]
+
+# A pass reads at most twice the output-files limit and this many more entries (files and
+# folders): enough for every kept file and its folders, bounded however many the job made.
+SCAN_MARGIN_ENTRIES = 100_000
+
+
+def scan_bound(limits: OutputLimits) -> int:
+    """The most entries (files and folders) one pass of the scan reads."""
+    return 2 * limits.max_files + SCAN_MARGIN_ENTRIES
+
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,7 @@ class Uploader:
         sleep: Callable[[float], None] = time.sleep,
         manifest: str | None = None,
         limits: OutputLimits = DEFAULT_OUTPUT_LIMITS,
+        scan_entries: int | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -58,10 +70,14 @@ class Uploader:
         self.sleep = sleep
         self.manifest = manifest or manifest_key(job_id)  # where finish() writes it
         self.limits = limits
+        self.scan_entries = scan_bound(limits) if scan_entries is None else scan_entries
         # result name -> (source file, size, mtime, sha256) of what the store holds under it
         self._uploaded: dict[str, tuple[str, int, int, str]] = {}
         self._present: set[str] = set()  # result names of the files seen by the latest scan
         self._skipped: dict[str, str] = {}  # files that cannot be kept -> why not
+        self._pass_skips = SkipTally()  # the latest scan's: folders, files past the limits
+        self._said: dict[str, str] = {}  # folders whose skip was logged -> why (bounded)
+        self._over_limits = 0  # files the latest scan found past the limits
         self._names: dict[str, str] = {}  # source file -> its result name, kept across passes
         self.retries = 0  # store calls retried over the uploader's life (in the manifest)
 
@@ -89,52 +105,55 @@ class Uploader:
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
-    def _skip(self, name: str, reason: str, *, quiet: bool = False) -> None:
-        """Keep the other results; the manifest names this one. Later passes try again.
-
-        ``quiet``: the caller logs one line for many such files.
-        """
-        if self._skipped.get(name) != reason and not quiet:  # said once, not every pass
+    def _skip(self, name: str, reason: str) -> None:
+        """Keep the other results; the manifest names this one. Later passes try again."""
+        if self._skipped.get(name) != reason:  # said once, not every pass
             log.warning("%s is not uploaded: %s", name, reason, extra={"job_id": self.job_id})
         self._skipped[name] = reason
 
-    def _within_limits(self, items: list[OutputFile], outputs: int) -> list[OutputFile]:
-        """The items to keep: the job's first files within its limits, and every extra.
+    def _within_limits(self, scan: Iterable[OutputFile], skips: SkipTally) -> list[OutputFile]:
+        """The job's first files within its limits, in the scan's order; the rest tallied.
 
-        The first ``outputs`` items are the job's files, in the scan's order: past the
-        file count, the rest are skipped; a file whose apparent size would take the total
-        past the byte limit is skipped (never opened), and a later smaller one may still
-        fit. The extras (the captured log) are the service's own and always kept.
+        Past the file count, the rest are skipped (counted, never held: a job's millions of
+        files cost the scan's bound in time and nothing in memory); a file whose apparent
+        size would take the total past the byte limit is skipped (never opened), and a
+        later smaller one may still fit.
         """
         limits = self.limits
         over_files = f"over the job's output-files limit ({_count(limits.max_files, 'file')})"
         over_bytes = f"over the job's output-bytes limit ({_count(limits.max_bytes, 'byte')})"
         kept: list[OutputFile] = []
-        newly_skipped = 0
-        files = total = 0
-        for index, item in enumerate(items):
-            if index < outputs:
-                if files >= limits.max_files:
-                    reason = over_files
-                elif total + item.size > limits.max_bytes:
-                    reason = over_bytes
-                else:
-                    files += 1
-                    total += item.size
-                    kept.append(item)
-                    continue
-                newly_skipped += self._skipped.get(item.relative_path) != reason
-                self._forget(item.relative_path)
-                self._skip(item.relative_path, reason, quiet=True)
+        over = files = total = 0
+        for item in scan:
+            if files >= limits.max_files:
+                reason = over_files
+            elif total + item.size > limits.max_bytes:
+                reason = over_bytes
+            else:
+                files += 1
+                total += item.size
+                kept.append(item)
                 continue
-            kept.append(item)
-        if newly_skipped:
+            over += 1
+            name = self._names.get(item.path, item.relative_path)
+            self._forget(name)
+            skips.add(name, reason)
+        if over != self._over_limits:  # said when it changes, not every pass
             log.warning(
-                "%d more files are not uploaded: over the job's output limits",
-                newly_skipped,
-                extra={"job_id": self.job_id, "files": newly_skipped},
+                "%d files are not uploaded: over the job's output limits",
+                over,
+                extra={"job_id": self.job_id, "files": over},
             )
+        self._over_limits = over
         return kept
+
+    def _skip_folder(self, skips: SkipTally, name: str, reason: str) -> None:
+        """A folder this pass does not read: tallied, and logged once (the first few)."""
+        named = skips.add(name, reason)
+        fresh = self._said.get(name) != reason
+        if named and fresh and (name in self._said or len(self._said) < MAX_SKIPPED_LISTED):
+            log.warning("%s is not uploaded: %s", name, reason, extra={"job_id": self.job_id})
+            self._said[name] = reason
 
     def _forget(self, name: str) -> None:
         """What an earlier pass uploaded under ``name`` is no longer this file's content."""
@@ -225,8 +244,18 @@ class Uploader:
         """Upload files that are new or changed since the last pass; returns how many."""
         unreadable: list[str] = []
         too_deep: list[str] = []
+        unread: list[str] = []
         depth = self.limits.max_depth
-        items = list(scan_outputs(self.output_dir, unreadable, max_depth=depth, too_deep=too_deep))
+        scan = scan_outputs(
+            self.output_dir,
+            unreadable,
+            max_depth=depth,
+            too_deep=too_deep,
+            max_entries=self.scan_entries,
+            unread=unread,
+        )
+        skips = SkipTally()
+        items = self._within_limits(scan, skips)
         outputs = len(items)
         for relative, path in (extra or {}).items():
             try:
@@ -240,15 +269,16 @@ class Uploader:
                     )
                 )
         items = self._unique_names(items, extras=len(items) - outputs)
-        for folder in unreadable:
-            self._skip(folder, "the job left this folder unreadable to the uploader's user")
-        for folder in too_deep:
-            self._skip(
-                folder, f"deeper than the job's output-depth limit ({_count(depth, 'folder')})"
-            )
-        seen = {item.relative_path for item in items}
-        items = self._within_limits(items, outputs)
-        self._present = seen | set(unreadable) | set(too_deep)
+        folders = (
+            (unreadable, "the job left this folder unreadable to the uploader's user"),
+            (too_deep, f"deeper than the job's output-depth limit ({_count(depth, 'folder')})"),
+            (unread, f"not read whole: the scan stops after {self.scan_entries} files and folders"),
+        )
+        for names, reason in folders:
+            for folder in names:
+                self._skip_folder(skips, folder, reason)
+        self._pass_skips = skips
+        self._present = {item.relative_path for item in items}
         changed = [
             item
             for item in items
@@ -268,7 +298,8 @@ class Uploader:
 
         Files the job deleted after an earlier pass uploaded them are not results; files
         that cannot be kept (unreadable to the uploader, a key too long for the store, past
-        the job's output limits) are listed under ``skipped``, each with the reason.
+        the job's output limits) are listed under ``skipped``, each with the reason: the
+        first ``MAX_SKIPPED_LISTED``, then how many more for each reason.
         """
         self.upload_changed(extra)
         files = [
@@ -282,12 +313,19 @@ class Uploader:
             for relative, (_path, size, _mtime, checksum) in sorted(self._uploaded.items())
             if relative in self._present
         ]
-        skipped = {
-            relative: reason
-            for relative, reason in self._skipped.items()
-            if relative in self._present
-        }
-        manifest = build_manifest(self.job_id, files, skipped, retries=self.retries, **details)
+        failed = SkipTally()  # files within the limits the store could not be given
+        for relative, reason in self._skipped.items():
+            if relative in self._present:
+                failed.add(relative, reason)
+        skipped = failed.merged(self._pass_skips)
+        manifest = build_manifest(
+            self.job_id,
+            files,
+            skipped.named,
+            more_skipped=skipped.more,
+            retries=self.retries,
+            **details,
+        )
         key = self.manifest
         self.retry("manifest upload", lambda: store_manifest(self.store, key, manifest))
         return manifest

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...conventions import ANNOTATIONS, archive_key, manifest_key
+from ...conventions import ANNOTATIONS, archive_key, job_prefix, manifest_key
 from ...errors import BackendUnavailableError
 from ...models import JobRecord, ResultFile
 from ...objectstore import ObjectStore
@@ -50,6 +50,7 @@ class Archive:
         self._manifests: dict[str, list[ResultFile]] = {}
         self._missing: dict[str, float] = {}
         self._archives_checked: dict[str, int] = {}  # job -> hash of the record job.json holds
+        self._swept: set[str] = set()  # jobs whose stale partial uploads were removed
         self._lock = threading.Lock()
 
     def results(self, job_id: str) -> list[ResultFile] | None:
@@ -153,6 +154,11 @@ class Archive:
         a failed clone's message or a destruction time set later. Once it has written
         job.json, a read of the finished job puts the whole record there instead, and again
         whenever the record changes; a version is taken as archived once a read finds it.
+
+        Once archived (the uploader has written job.json after the manifest, or the service
+        merged the replicas' manifests), no uploader of the job writes any more: what a
+        crashed one left unfinished (multipart uploads never completed) is removed then,
+        not only when the job is deleted.
         """
         current = record.model_dump_json()
         version = hash(current)
@@ -164,6 +170,7 @@ class Archive:
             data = self.store.get_bytes(key)
             if data is None and not write_missing:
                 return  # not yet: the uploader writes it after the manifest
+            self._remove_stale_uploads(record.job_id)
             try:
                 stored = JobRecord.model_validate_json(data) if data is not None else None
             except ValueError:
@@ -190,9 +197,31 @@ class Archive:
         with self._lock:
             self._archives_checked[record.job_id] = version
 
+    def _remove_stale_uploads(self, job_id: str) -> None:
+        """Abort the job's multipart uploads no uploader will complete; once per job.
+
+        A store that cannot do it now is logged, and the next read tries again.
+        """
+        with self._lock:
+            if job_id in self._swept:
+                return
+        try:
+            removed = self.store.remove_partial(job_prefix(job_id))
+        except BackendUnavailableError as error:
+            log.warning("partial uploads of job %s not removed: %s", job_id, error)
+            return
+        with self._lock:
+            self._swept.add(job_id)
+        if removed:
+            log.info(
+                "removed partial uploads left by the job's uploaders",
+                extra={"job_id": job_id, "uploads": removed},
+            )
+
     def forget(self, job_id: str) -> None:
         """A deleted job: nothing of it stays cached."""
         with self._lock:
+            self._swept.discard(job_id)
             self._manifests.pop(job_id, None)
             self._archives_checked.pop(job_id, None)
             self._listed.pop(job_id, None)
