@@ -295,6 +295,7 @@ def test_an_internal_error_is_a_generic_500_without_a_traceback(
     monkeypatch.setattr(service, "get_job", broken)
     monkeypatch.setattr(service, "list_jobs", broken)
     monkeypatch.setattr(service, "list_page", broken)
+    monkeypatch.setattr(service, "render_page", broken)
     for path in (f"/api/v1/job/{job_id}", "/api/v1/job", f"/api/v1/job/{job_id}/phase"):
         response = client.get(path)
         assert response.status_code == 500
