@@ -12,8 +12,7 @@ import pytest
 
 from ocps_jobs.backends.kubernetes import watch
 from ocps_jobs.backends.kubernetes.client import Kind
-from ocps_jobs.backends.kubernetes.tables import PackedTable, compact_tables
-from ocps_jobs.backends.kubernetes.views import pack_job, unpack, unpack_list
+from ocps_jobs.backends.kubernetes.views import unpack, unpack_list
 from ocps_jobs.backends.kubernetes.watch import MANAGED_SELECTOR, WatchCache
 from ocps_jobs.errors import BackendUnavailableError
 from tests.helpers import wait_until
@@ -121,7 +120,7 @@ def test_lists_every_page_then_watches_from_the_lists_version(
     assert "managedFields" not in job_a["metadata"]  # read by nothing: trimmed
     assert sorted(p["metadata"]["name"] for p in pods_a) == ["a-0", "a-1"]
     assert "podIP" not in pods_a[0]["status"]
-    assert cache.view("b") == (unpack(cache.jobs.get("b")), [])
+    assert cache.view("b") == (unpack(cache.jobs["b"]), [])
     wait_until(lambda: sorted(api.watches) == [("jobs", "20"), ("pods", "21")], timeout=5)
 
 
@@ -134,15 +133,14 @@ def test_added_modified_and_deleted_events_update_the_copy(cache: WatchCache, ap
     api.send("jobs", "MODIFIED", job("c", 29))  # older than what the cache has: ignored
     api.send("pods", "ADDED", pod("c", "c-0", 32))
     wait_until(lambda: (view := cache.view("c")) and view[1], timeout=5)
-    assert unpack(cache.jobs.get("c"))["spec"]["suspend"] is True
+    assert unpack(cache.jobs["c"])["spec"]["suspend"] is True
     api.send("pods", "DELETED", pod("c", "c-0", 33))
     api.send("jobs", "DELETED", job("c", 34))
     wait_until(lambda: cache.view("c") is None and "c" not in cache.pods, timeout=5)
     snapshot = cache.snapshot()
     assert snapshot is not None
     assert sorted(
-        unpack(snapshot[0].read(kept))["metadata"]["labels"]["ocps.lsst.io/job-id"]
-        for kept in snapshot[0].entries.values()
+        j["metadata"]["labels"]["ocps.lsst.io/job-id"] for j in map(unpack, snapshot[0])
     ) == [
         "a",
         "b",
@@ -166,7 +164,7 @@ def test_410_gone_lists_again_and_the_waiters_wake(cache: WatchCache, api: FakeA
         assert woke.wait(5.0)  # the relist woke the job's waiter
         wait_until(lambda: api.lists.count(("jobs", MANAGED_SELECTOR)) == 2, timeout=5)
         wait_until(lambda: ("jobs", "60") in api.watches, timeout=5)
-        assert unpack(cache.jobs.get("a"))["spec"]["suspend"] is True
+        assert unpack(cache.jobs["a"])["spec"]["suspend"] is True
         assert "b" not in cache.jobs  # gone from the new list: gone from the copy
         assert cache.changes("a") > seen
     finally:
@@ -243,12 +241,9 @@ def test_the_copy_keeps_packed_objects_and_keys_of_its_own(cache: WatchCache, ap
     # below), nothing referencing an event.
     assert all(
         isinstance(packed, bytes | memoryview)
-        for packed in [*cache.jobs.entries.values(), *cache.pods.entries.values()]
+        for packed in [*cache.jobs.values(), *cache.pods.values()]
     )
-    assert sorted(p["metadata"]["name"] for p in unpack_list(cache.pods.get("job-d"))) == [
-        "d-0",
-        "d-1",
-    ]
+    assert sorted(p["metadata"]["name"] for p in unpack_list(cache.pods["job-d"])) == ["d-0", "d-1"]
     # (a job id of more than one character: CPython shares the one-character strings)
     key = next(key for key in cache.jobs if key == "job-d")
     assert key is not added["metadata"]["labels"]["ocps.lsst.io/job-id"]
@@ -271,14 +266,8 @@ def test_the_tables_are_compacted_into_one_block_each_after_changes(
         wait_until(lambda: (view := cache.view("job-e")) and view[1], timeout=5)
         wait_until(lambda: cache.jobs.changes == 0 and cache.pods.changes == 0, timeout=5)
         for table in (cache.jobs, cache.pods):
-            blocks = {
-                id(packed.obj)
-                for packed in table.entries.values()
-                if isinstance(packed, memoryview)
-            }
-            assert len(blocks) == 1 and all(
-                isinstance(p, memoryview) for p in table.entries.values()
-            )
+            blocks = {id(packed.obj) for packed in table.values() if isinstance(packed, memoryview)}
+            assert len(blocks) == 1 and all(isinstance(p, memoryview) for p in table.values())
         # Fresh keys, one string per job across both tables, none of them the event's.
         job_key = next(key for key in cache.jobs if key == "job-e")
         pod_key = next(key for key in cache.pods if key == "job-e")
@@ -289,27 +278,3 @@ def test_the_tables_are_compacted_into_one_block_each_after_changes(
         assert [p["metadata"]["name"] for p in view[1]] == ["e-0"]
     finally:
         cache.stop()
-
-
-def test_a_table_keeps_its_objects_deflated_against_its_first_and_gives_them_back() -> None:
-    first = pack_job(job("job-f0", 1))
-    table = PackedTable({"job-f0": first})
-    similar = {f"job-f{i}": pack_job(job(f"job-f{i}", 100 + i)) for i in range(1, 50)}
-    for key, packed in similar.items():
-        table.put(key, packed)
-    assert table.model == first
-    for key, packed in similar.items():
-        assert table.get(key) == packed
-        # Only the ids and the version differ from the model: a fraction of the JSON is kept.
-        assert len(table.entries[key]) < len(packed) / 3
-    compact_tables([table])
-    copy = table.copy()
-    assert {key: copy.read(kept) for key, kept in copy.entries.items()} == {
-        "job-f0": first,
-        **similar,
-    }
-    table.pop("job-f1")
-    assert table.get("job-f1") is None and copy.get("job-f1") == similar["job-f1"]
-    empty = PackedTable()
-    empty.put("job-g", first)
-    assert empty.model == first and empty.get("job-g") == first

@@ -26,7 +26,7 @@ from .memory import release_free_memory
 from .metadata import owner_label
 from .record import creation_time_of, record_from_view
 from .status import JobStatus, job_status, start_timed_out
-from .tables import TableCopy
+from .tables import Packed
 from .views import JobView, PodView, unpack, unpack_list
 from .watch import MANAGED_SELECTOR, WatchCache
 
@@ -53,24 +53,22 @@ def _place(record: JobRecord) -> tuple[datetime, str]:
 class _Source:
     """The live Jobs, and the Pods of each job id: the watched copies, or the API's JSON."""
 
-    def __init__(self, jobs: TableCopy | list[dict[str, Any]], pods: TableCopy | PodsByJob) -> None:
-        self._jobs, self._pods = jobs, pods
-        self.jobs: list[Any] = list(jobs.entries.values()) if isinstance(jobs, TableCopy) else jobs
+    def __init__(
+        self, jobs: list[Packed] | list[dict[str, Any]], pods: dict[str, Packed] | PodsByJob
+    ) -> None:
+        self.jobs: list[Any] = jobs
+        self._pods: dict[str, Any] = pods
 
-    def job(self, item: Any) -> dict[str, Any]:
+    def job(self, item: Packed | dict[str, Any]) -> dict[str, Any]:
         """One of ``jobs`` as JSON (a new copy of a watched one)."""
-        if isinstance(self._jobs, TableCopy):
-            return unpack(self._jobs.read(item))
-        return item  # type: ignore[no-any-return]
+        return item if isinstance(item, dict) else unpack(item)
 
     def pods(self, job_id: str) -> list[PodView]:
         """The Pods of ``job_id`` (new copies of watched ones)."""
-        if isinstance(self._pods, TableCopy):
-            packed = self._pods.get(job_id)
-            pods = unpack_list(packed) if packed is not None else []
-        else:
-            pods = self._pods.get(job_id, [])
-        return [PodView(pod) for pod in pods]
+        pods = self._pods.get(job_id)
+        if pods is None:
+            return []
+        return [PodView(pod) for pod in (pods if isinstance(pods, list) else unpack_list(pods))]
 
 
 @dataclass(frozen=True, slots=True)

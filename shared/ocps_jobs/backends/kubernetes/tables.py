@@ -6,54 +6,18 @@ long-lived pieces end up scattered across the allocators' pages and arenas, each
 its page or its 1 MiB ``pymalloc`` arena mapped once the temporaries are gone.
 ``compact_tables`` gathers the tables' every object into one block of its own and gives
 each table fresh keys, made together: the old pieces and what they kept mapped are freed.
-
-Each object is kept deflated with a preset dictionary, its table's *model*: the first
-object the table was given. One job's Job or Pods differ from another's in a few ids and
-times, so each is kept in a tenth of its JSON's size, and read back in microseconds.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from .views import PodView, newer, pack, unpack, unpack_list
 
-__all__ = ["Packed", "PackedTable", "TableCopy", "compact_tables", "pods_after"]
+__all__ = ["Packed", "PackedTable", "compact_tables", "pods_after"]
 
 # A packed object: its own ``bytes``, or a slice of a compacted table's block.
 Packed = bytes | memoryview
-
-
-# zlib's level: smaller than its fastest (1) by a fifth with a dictionary, as fast.
-_LEVEL = 6
-
-
-def _deflate(packed: bytes, model: bytes) -> bytes:
-    compressor = zlib.compressobj(_LEVEL, zdict=model)
-    return compressor.compress(packed) + compressor.flush()
-
-
-def _inflate(kept: Packed, model: bytes) -> bytes:
-    return zlib.decompressobj(zdict=model).decompress(kept)
-
-
-@dataclass(frozen=True)
-class TableCopy:
-    """A table's objects at one moment, as kept; ``get`` and ``read`` give them back packed."""
-
-    entries: dict[str, Packed]
-    model: bytes
-
-    def read(self, kept: Packed) -> bytes:
-        """One of ``entries``' values as the packed object it was given as."""
-        return _inflate(kept, self.model)
-
-    def get(self, key: str) -> bytes | None:
-        """The packed object of ``key``, or None."""
-        kept = self.entries.get(key)
-        return None if kept is None else _inflate(kept, self.model)
 
 
 def _own(text: str) -> str:
@@ -62,19 +26,12 @@ def _own(text: str) -> str:
 
 
 class PackedTable:
-    """Packed objects by job id, kept deflated, counting the changes since the last compaction.
+    """Packed objects by job id, counting the changes made since the last compaction."""
 
-    ``entries`` holds them as kept; ``get`` and ``copy`` give them back.
-    """
+    __slots__ = ("changes", "entries")
 
-    __slots__ = ("changes", "entries", "model")
-
-    def __init__(self, packed: dict[str, bytes] | None = None) -> None:
-        packed = packed or {}
-        self.model: bytes = next(iter(packed.values()), b"")
-        self.entries: dict[str, Packed] = {
-            key: _deflate(value, self.model) for key, value in packed.items()
-        }
+    def __init__(self, entries: dict[str, Packed] | None = None) -> None:
+        self.entries: dict[str, Packed] = entries or {}
         self.changes = len(self.entries)
 
     def __len__(self) -> int:
@@ -86,16 +43,16 @@ class PackedTable:
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
-    def get(self, key: str) -> bytes | None:
+    def __getitem__(self, key: str) -> Packed:
+        return self.entries[key]
+
+    def get(self, key: str) -> Packed | None:
         """The packed object of ``key``, or None."""
-        kept = self.entries.get(key)
-        return None if kept is None else _inflate(kept, self.model)
+        return self.entries.get(key)
 
     def put(self, key: str, packed: bytes) -> None:
         """Set the packed object of ``key`` (a new key is copied: see ``_own``)."""
-        if not self.model:
-            self.model = packed  # the first object of an empty table
-        self.entries[key if key in self.entries else _own(key)] = _deflate(packed, self.model)
+        self.entries[key if key in self.entries else _own(key)] = packed
         self.changes += 1
 
     def pop(self, key: str) -> None:
@@ -103,9 +60,13 @@ class PackedTable:
         if self.entries.pop(key, None) is not None:
             self.changes += 1
 
-    def copy(self) -> TableCopy:
-        """The table as it is now, for reading outside the lock that guards it."""
-        return TableCopy(dict(self.entries), self.model)
+    def values(self) -> list[Packed]:
+        """Every packed object, in a list of its own."""
+        return list(self.entries.values())
+
+    def items(self) -> dict[str, Packed]:
+        """A copy of the table."""
+        return dict(self.entries)
 
 
 def compact_tables(tables: Iterable[PackedTable]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from ...conventions import LABEL_MANAGED_BY, MANAGED_BY
 from .client import Kind
 from .memory import release_free_memory
-from .tables import Packed, PackedTable, TableCopy, compact_tables, pods_after
+from .tables import Packed, PackedTable, compact_tables, pods_after
 from .views import PodView, job_id_of, newer, pack, pack_job, pack_pod, unpack, unpack_list
 
 __all__ = [
@@ -184,8 +184,8 @@ class WatchCache:
                     changes.append(change)
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         del page
-        table: dict[str, bytes] = {}
-        pods_of: dict[str, list[bytes]] = {}
+        table: dict[str, Packed] = {}
+        pods_of: dict[str, list[Packed]] = {}
         for change in changes:  # compacted below: the keys and objects get their own block
             if kind == "jobs":
                 table[change.job_id] = change.packed or b""
@@ -195,16 +195,15 @@ class WatchCache:
         for job_id, packed_pods in pods_of.items():
             table[job_id] = pack([unpack(pod) for pod in packed_pods])
         del pods_of
-        fresh = PackedTable(table)
-        del table
         with self.lock:
             if kind == "jobs":
-                self.jobs = fresh
+                self.jobs = PackedTable(table)
             else:
-                self.pods = fresh
+                self.pods = PackedTable(table)
             compact_tables((self.jobs, self.pods))
             for waiters in self.waiters.values():  # anything may have changed meanwhile
                 waiters.wake()
+        del table
         freeze_long_lived()
         release_free_memory()
         self._synced[kind].set()
@@ -288,16 +287,15 @@ class WatchCache:
             pods = self.pods.get(job_id)
         return unpack(job), unpack_list(pods) if pods is not None else []
 
-    def snapshot(self) -> tuple[TableCopy, TableCopy] | None:
-        """Every cached Job, and the list of Pods of each job id; None when not synced.
+    def snapshot(self) -> tuple[list[Packed], dict[str, Packed]] | None:
+        """Every cached Job, and the list of Pods of each job id, packed; None when not synced.
 
-        The caller reads them (``TableCopy.read``, then ``views.unpack`` or
-        ``views.unpack_list``), outside the lock.
+        The caller unpacks them (``views.unpack``, ``views.unpack_list``), outside the lock.
         """
         if not self.synced:
             return None
         with self.lock:
-            return self.jobs.copy(), self.pods.copy()
+            return self.jobs.values(), self.pods.items()
 
     def store(self, job: dict[str, Any]) -> None:
         """A Job this process just wrote (read-your-writes before the watch sees it)."""
