@@ -147,7 +147,7 @@ class JobListing:
         label = None if owner is None else owner_label(owner)
         for index, item in enumerate(source.jobs):
             view = JobView(source.job(item))
-            if label is not None and view.labels.get(LABEL_OWNER) != label:
+            if label is not None and view.owner_label != label:
                 continue
             job_id = view.job_id or ""
             live_ids.add(job_id)

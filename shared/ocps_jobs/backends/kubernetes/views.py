@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import orjson
 
-from ...conventions import COMPLETION_INDEX_ANNOTATION, LABEL_JOB_ID
+from ...conventions import COMPLETION_INDEX_ANNOTATION, LABEL_JOB_ID, LABEL_OWNER
 
 __all__ = [
     "ConditionView",
@@ -25,6 +25,7 @@ __all__ = [
     "Items",
     "JobView",
     "ObjectView",
+    "PodConditionView",
     "PodView",
     "View",
     "job_id_of",
@@ -193,20 +194,26 @@ def trim(raw: Mapping[str, Any], view: type[View]) -> dict[str, Any]:
     return trimmed
 
 
-class ConditionView(View):
-    """One of a Job's status conditions."""
+class PodConditionView(View):
+    """One of a Pod's status conditions: what the waiting reason reads of it."""
 
     __slots__ = ()
     kind = Field("type", convert=_as_str)
     status = Field("status", convert=_as_str)
     reason = Field("reason", convert=_as_str)
     message = Field("message", convert=_as_str)
-    last_transition_time = Field("lastTransitionTime", convert=_as_str)
 
     @property
     def true(self) -> bool:
         """Whether the condition holds."""
         return self.status == "True"
+
+
+class ConditionView(PodConditionView):
+    """One of a Job's status conditions: also when it last changed (when the Job ended)."""
+
+    __slots__ = ()
+    last_transition_time = Field("lastTransitionTime", convert=_as_str)
 
 
 class ContainerView(View):
@@ -258,13 +265,10 @@ class ObjectView(View):
 
     __slots__ = ()
     name = Field("metadata", "name", convert=_as_str)
-    labels = Field("metadata", "labels", convert=_as_dict)
+    # The labels read, one by one: the others (the Job controller's) are trimmed away.
+    job_id = Field("metadata", "labels", LABEL_JOB_ID, convert=_as_str)
+    owner_label = Field("metadata", "labels", LABEL_OWNER, convert=_as_str)
     resource_version = Field("metadata", "resourceVersion", convert=_as_str)
-
-    @property
-    def job_id(self) -> str | None:
-        """The job ID of its label."""
-        return _as_str(self.labels.get(LABEL_JOB_ID))
 
 
 class JobView(ObjectView):
@@ -297,11 +301,11 @@ class PodView(ObjectView):
         "metadata", "annotations", COMPLETION_INDEX_ANNOTATION, convert=_as_str
     )
     creation_timestamp = Field("metadata", "creationTimestamp", convert=_as_str)
-    conditions = Items(ConditionView, "status", "conditions")
+    conditions = Items(PodConditionView, "status", "conditions")
     init_container_statuses = Items(ContainerStatusView, "status", "initContainerStatuses")
     container_statuses = Items(ContainerStatusView, "status", "containerStatuses")
 
-    def failing(self, kind: str) -> ConditionView | None:
+    def failing(self, kind: str) -> PodConditionView | None:
         """The condition ``kind`` when it is False (``PodScheduled``: not scheduled)."""
         return next((c for c in self.conditions if c.kind == kind and c.status == "False"), None)
 
