@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from ..composition import build_service
 from ..config import Settings
 from ..errors import OCPSError
+from ..memory import release_free_memory
 from ..models import Caller
 from ..observability.access import answer_logged
 from ..observability.context import note_request
@@ -58,6 +59,18 @@ def render_error_for(path: str, error: OCPSError) -> Response:
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
+# A response this large was rendered from as much memory, freed by the time it is sent
+# (a list of thousands of jobs): the C allocator keeps it mapped unless asked.
+RELEASE_AFTER_BYTES = 1024 * 1024
+
+
+def _released_once_sent(response: Response) -> Response:
+    """``response``, giving the memory freed while it was made back once it has been sent."""
+    if not response.is_streamed and (response.content_length or 0) >= RELEASE_AFTER_BYTES:
+        response.call_on_close(release_free_memory)
+    return response
+
+
 class FunctionApp:
     """Dispatches requests over a route table; builds its service on the first request."""
 
@@ -87,7 +100,7 @@ class FunctionApp:
 
     def __call__(self, http_request: Request) -> Response:
         """Answer one request, with its request id, access line and metrics."""
-        return answer_logged(self.name, http_request, self._answer_with_cors)
+        return _released_once_sent(answer_logged(self.name, http_request, self._answer_with_cors))
 
     def _answer_with_cors(self, http_request: Request) -> Response:
         """Answer one request, with CORS headers where configured."""

@@ -15,6 +15,7 @@ from kubernetes import client as k8s
 from ...config import Settings
 from ...conventions import ANNOTATIONS, LABEL_JOB_ID, job_name, job_prefix
 from ...errors import BackendUnavailableError, JobNotFoundError
+from ...memory import limit_malloc_arenas
 from ...models import FINAL_PHASES, JobRecord, Phase, utcnow
 from ...objectstore import ObjectStore
 from ..base import JobUpdate, Unset
@@ -24,7 +25,6 @@ from .client import KubernetesApi, Missing
 from .credentials import new_api_client
 from .listing import JobAndPods, JobListing, PodsByJob
 from .logs import PodLogs, newest_pod_per_replica
-from .memory import limit_malloc_arenas
 from .record import record_from_job
 from .spec import build_environment, build_job, job_json
 from .status import ran_to_completion
@@ -56,7 +56,6 @@ class KubernetesBackend(JobListing):
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ocps-manifest")
         self._watched: WatchCache | None = None
         self._closed = False
-        self._release: threading.Timer | None = None
         self._giving_up: set[str] = set()
         self._archived_versions: dict[str, str | None] = {}  # job id -> Job version kept
 
@@ -270,8 +269,6 @@ class KubernetesBackend(JobListing):
     def close(self) -> None:
         """Stop the watches and release the connection pool."""
         self._closed = True
-        if self._release is not None:
-            self._release.cancel()
         if self._watched is not None:
             self._watched.stop()
         self._pool.shutdown(wait=False)

@@ -22,7 +22,6 @@ from ...models import FINAL_PHASES, JobRecord, Phase, ResultFile, utcnow
 from ...objectstore.history import place_of
 from .archive import Archive, needs_manifest
 from .client import KubernetesApi
-from .memory import release_free_memory
 from .metadata import owner_label
 from .record import creation_time_of, record_from_view
 from .status import JobStatus, job_status, start_timed_out
@@ -36,10 +35,6 @@ log = logging.getLogger(__name__)
 
 # A list asked for during the watches' first listing waits this long for it.
 FIRST_SYNC_WAIT_SECONDS = 60.0
-# A list of this many live Jobs gives the memory it freed back to the system, this long
-# after it started (its response rendered and sent by then).
-RELEASE_AFTER_JOBS = 1000
-RELEASE_DELAY_SECONDS = 1.0
 
 JobAndPods = tuple[dict[str, Any], list[dict[str, Any]]]
 PodsByJob = dict[str, list[dict[str, Any]]]
@@ -102,7 +97,6 @@ class JobListing:
     archive: Archive
     _lock: threading.Lock
     _pool: ThreadPoolExecutor
-    _release: threading.Timer | None
     _giving_up: set[str]
     _archived_versions: dict[str, str | None]
 
@@ -139,8 +133,6 @@ class JobListing:
         is kept: ``_records`` reads the wanted ones again to build their records.
         """
         source = self._live_source(owner)
-        if len(source.jobs) >= RELEASE_AFTER_JOBS:
-            self._release_soon()
         listing = _Listing(source, [])
         live_ids: set[str] = set()
         need_manifest: list[tuple[int, JobView]] = []
@@ -242,15 +234,6 @@ class JobListing:
             jobs = self.kube.list("jobs", selector)
             return _Source(jobs, self._pods(selector) if jobs else {})
         return _Source(*snapshot)
-
-    def _release_soon(self) -> None:
-        """Release the freed memory of a long list once it has been answered (one at a time)."""
-        with self._lock:
-            if self._release is not None and self._release.is_alive():
-                return
-            self._release = threading.Timer(RELEASE_DELAY_SECONDS, release_free_memory)
-            self._release.daemon = True
-            self._release.start()
 
     def _start_overdue(self, job: dict[str, Any], record: JobRecord) -> bool:
         """A queued job whose pods have not started within the start timeout."""

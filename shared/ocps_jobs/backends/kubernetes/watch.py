@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 from ...conventions import LABEL_MANAGED_BY, MANAGED_BY
+from ...memory import release_free_memory
 from .client import Kind
-from .memory import release_free_memory
 from .tables import Packed, PackedTable, compact_tables, pods_after
 from .views import PodView, job_id_of, newer, pack, pack_job, pack_pod, unpack, unpack_list
 

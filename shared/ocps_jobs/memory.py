@@ -1,4 +1,4 @@
-"""The C allocator's side of a long-lived watching process: fewer arenas, free pages returned.
+"""The C allocator's side of a long-lived serving process: fewer arenas, free pages returned.
 
 glibc's ``malloc`` gives each thread that allocates under contention an arena of its own
 (up to eight per core), and keeps what is freed in each. A server answering lists of
