@@ -268,6 +268,8 @@ def test_the_tables_are_compacted_into_one_block_each_after_changes(
         for table in (cache.jobs, cache.pods):
             blocks = {id(packed.obj) for packed in table.values() if isinstance(packed, memoryview)}
             assert len(blocks) == 1 and all(isinstance(p, memoryview) for p in table.values())
+            # Kept as places in the block (one small int each), not as memoryview objects.
+            assert all(isinstance(kept, int) for kept in table.entries.values())
         # Fresh keys, one string per job across both tables, none of them the event's.
         job_key = next(key for key in cache.jobs if key == "job-e")
         pod_key = next(key for key in cache.pods if key == "job-e")

@@ -25,14 +25,31 @@ def _own(text: str) -> str:
     return text.encode().decode()
 
 
-class PackedTable:
-    """Packed objects by job id, counting the changes made since the last compaction."""
+# Where a compacted object is in its table's block: ``offset << _SIZE_BITS | size``, one
+# small int (32 bytes) where a memoryview of the slice would take 184.
+_SIZE_BITS = 32
+_SIZE_MASK = (1 << _SIZE_BITS) - 1
 
-    __slots__ = ("changes", "entries")
+
+class PackedTable:
+    """Packed objects by job id, counting the changes made since the last compaction.
+
+    An object changed since then is its own ``bytes``; a compacted one, its place in the
+    table's block. Every accessor gives back the packed object (a slice of the block).
+    """
+
+    __slots__ = ("_block", "changes", "entries")
 
     def __init__(self, entries: dict[str, Packed] | None = None) -> None:
-        self.entries: dict[str, Packed] = entries or {}
+        self.entries: dict[str, Packed | int] = dict(entries or {})
+        self._block = b""
         self.changes = len(self.entries)
+
+    def _packed(self, kept: Packed | int) -> Packed:
+        if isinstance(kept, int):
+            offset = kept >> _SIZE_BITS
+            return memoryview(self._block)[offset : offset + (kept & _SIZE_MASK)]
+        return kept
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -44,11 +61,12 @@ class PackedTable:
         return iter(self.entries)
 
     def __getitem__(self, key: str) -> Packed:
-        return self.entries[key]
+        return self._packed(self.entries[key])
 
     def get(self, key: str) -> Packed | None:
         """The packed object of ``key``, or None."""
-        return self.entries.get(key)
+        kept = self.entries.get(key)
+        return None if kept is None else self._packed(kept)
 
     def put(self, key: str, packed: bytes) -> None:
         """Set the packed object of ``key`` (a new key is copied: see ``_own``)."""
@@ -62,11 +80,11 @@ class PackedTable:
 
     def values(self) -> list[Packed]:
         """Every packed object, in a list of its own."""
-        return list(self.entries.values())
+        return [self._packed(kept) for kept in self.entries.values()]
 
     def items(self) -> dict[str, Packed]:
-        """A copy of the table."""
-        return dict(self.entries)
+        """A copy of the table, every object packed."""
+        return {key: self._packed(kept) for key, kept in self.entries.items()}
 
 
 def compact_tables(tables: Iterable[PackedTable]) -> None:
@@ -82,14 +100,16 @@ def compact_tables(tables: Iterable[PackedTable]) -> None:
             if key not in keys:
                 keys[key] = _own(key)
     for table in tables:
-        block = memoryview(b"".join(table.entries.values()))
-        compacted: dict[str, Packed] = {}
+        packed = table.items()
+        block = b"".join(packed.values())
+        compacted: dict[str, Packed | int] = {}
         offset = 0
-        for key, packed in table.entries.items():
-            size = len(packed)
-            compacted[keys[key]] = block[offset : offset + size]
+        for key, value in packed.items():
+            size = len(value)
+            compacted[keys[key]] = offset << _SIZE_BITS | size
             offset += size
-        table.entries = compacted
+        del packed
+        table.entries, table._block = compacted, block
         table.changes = 0
 
 
