@@ -10,14 +10,7 @@ from flask import Response
 
 from ..conventions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..errors import InvalidRequestError
-from ..models import (
-    MAX_JOB_OBJECT_RESULTS,
-    MAX_RESULTS_PAGE,
-    DeleteResponse,
-    JobRecord,
-    JobRequest,
-    Phase,
-)
+from ..models import MAX_RESULTS_PAGE, DeleteResponse, JobRecord, JobRequest, Phase
 from ..service import ListQuery
 from .downloads import download_response
 from .openapi import openapi_document
@@ -25,7 +18,7 @@ from .parsing import parse_body, parse_natural, refuse_unknown_query
 from .render import job_document, json_list_response, json_response, json_text, result_listing
 from .routing import Context, Route
 
-__all__ = ["CREATE_JOB_ROUTES", "QUERY_JOB_ROUTES", "RESULTS_ROUTES"]
+__all__ = ["CREATE_JOB_ROUTES", "QUERY_JOB_ROUTES", "RESULTS_ROUTES", "results_page_path"]
 
 API = "/api/v1"
 
@@ -34,18 +27,18 @@ def _results_path(job_id: str) -> str:
     return f"{API}/job/{job_id}/results"
 
 
-def _results_page_link(job_id: str, limit: int, cursor: int) -> str:
-    """The paginated results listing: ``limit`` results from position ``cursor``."""
-    query = {"limit": str(limit), **({"cursor": str(cursor)} if cursor else {})}
-    return f"{_results_path(job_id)}?{urlencode(query)}"
+def results_page_path(job_id: str, limit: int = MAX_RESULTS_PAGE, cursor: int = 0) -> str:
+    """The paginated results listing: ``limit`` results from position ``cursor``.
+
+    Its query has only digits (it is written out: built for every job of a long list).
+    """
+    return f"{_results_path(job_id)}?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
 
 
 def _document(ctx: Context, record: JobRecord) -> dict[str, Any]:
     """The job object, linking to its paginated results when it cannot list them all."""
     results, count = ctx.service.results_preview(record)
-    link = None
-    if count > MAX_JOB_OBJECT_RESULTS:
-        link = _results_page_link(record.job_id, MAX_RESULTS_PAGE, 0)
+    link = results_page_path(record.job_id)
     return job_document(record, results, ctx.service.store, link, count)
 
 
@@ -158,7 +151,7 @@ def list_results(ctx: Context) -> Response:
         page, total = ctx.service.results_page(job_id, ctx.caller, cursor, limit)
     response = json_response([result_listing(result, ctx.service.store) for result in page])
     if limit is not None and cursor + limit < total:
-        link = _results_page_link(job_id, limit, cursor + limit)
+        link = results_page_path(job_id, limit, cursor + limit)
         response.headers["Link"] = f'<{link}>; rel="next"'
     return response
 

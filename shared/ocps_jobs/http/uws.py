@@ -31,10 +31,11 @@ from flask import Response
 from pydantic import ValidationError
 
 from ..errors import InvalidRequestError, UnsupportedMediaTypeError
-from ..models import JOB_PARAMETERS, MAX_RESULTS_PAGE, JobRequest, ParameterKind, Phase
+from ..models import JOB_PARAMETERS, JobRequest, ParameterKind, Phase
 from ..service import ListQuery
 from .environ import CLIENT_DISCONNECTED_KEY
 from .hosts import is_trusted_host
+from .json_api import results_page_path
 from .parsing import (
     FORM_TYPES,
     form_fields,
@@ -227,8 +228,7 @@ def _job_url(ctx: Context, job_id: str) -> str:
 
 def _results_listing_url(ctx: Context, job_id: str, cursor: int = 0) -> str:
     """The JSON interface's paginated listing of a job's results, from ``cursor`` on."""
-    query = f"limit={MAX_RESULTS_PAGE}" + (f"&cursor={cursor}" if cursor else "")
-    return f"{_base(ctx)}api/v1/job/{job_id}/results?{query}"
+    return _base(ctx) + results_page_path(job_id, cursor=cursor).removeprefix("/")
 
 
 def _download_base(ctx: Context) -> str:
