@@ -81,14 +81,6 @@ class _Entry:
         return self.creation_time, self.job_id
 
 
-@dataclass(frozen=True)
-class _Listing:
-    """The wanted live Jobs of one list, read from ``source``."""
-
-    source: _Source
-    entries: list[_Entry]
-
-
 class JobListing:
     """Listing, archive upkeep of listed Jobs, the start timeout, and the history merge."""
 
@@ -120,22 +112,23 @@ class JobListing:
         Each record is built as it is asked for: a consumer that keeps none of them holds
         one at a time.
         """
-        listed, _ = self._live_listing(owner, phases)
-        return self._records(listed, owner)
+        source, entries, _ = self._live_listing(owner, phases)
+        return self._records(source, entries, owner)
 
     def _live_listing(
         self, owner: str | None, phases: Collection[Phase] | None
-    ) -> tuple[_Listing, set[str]]:
-        """The live Jobs (of ``owner``) in ``phases``, and the ids of all of them, in or not.
+    ) -> tuple[_Source, list[_Entry], set[str]]:
+        """The live Jobs' source, entries of those (of ``owner``) in ``phases``, all their ids.
 
-        From the watched copies (waiting for their first listing); else from the API. Each
-        Job's phase is decided from its views, one Job at a time, and only what places it
-        is kept: ``_records`` reads the wanted ones again to build their records.
+        The ids are of every live Job of ``owner``, in ``phases`` or not. From the watched
+        copies (waiting for their first listing); else from the API. Each Job's phase is
+        decided from its views, one Job at a time, and only what places it is kept:
+        ``_records`` reads the wanted ones again to build their records.
         """
         source = self._live_source(owner)
-        listing = _Listing(source, [])
+        entries: list[_Entry] = []
         live_ids: set[str] = set()
-        need_manifest: list[tuple[int, JobView]] = []
+        need_manifest: list[tuple[int, JobView, str]] = []
         label = None if owner is None else owner_label(owner)
         for index, item in enumerate(source.jobs):
             view = JobView(source.job(item))
@@ -144,48 +137,48 @@ class JobListing:
             job_id = view.job_id or ""
             live_ids.add(job_id)
             if needs_manifest(view.raw):
-                need_manifest.append((index, view))
+                need_manifest.append((index, view, job_id))
             else:
-                self._place(listing, index, view, None, phases)
-        ids = [view.job_id or "" for _, view in need_manifest]
-        for (index, view), results in zip(
+                self._decide(source, entries, index, view, job_id, None, phases)
+        ids = [job_id for _, _, job_id in need_manifest]
+        for (index, view, job_id), results in zip(
             need_manifest, self._pool.map(self.archive.results, ids), strict=True
         ):
-            self._place(listing, index, view, results, phases)
+            self._decide(source, entries, index, view, job_id, results, phases)
         if owner is None:
             # Only Jobs that still exist need their kept version remembered: the TTL removes
             # the others without a delete through this backend.
             for gone in self._archived_versions.keys() - live_ids:
                 self._archived_versions.pop(gone, None)
-        return listing, live_ids
+        return source, entries, live_ids
 
-    def _place(
+    def _decide(
         self,
-        listing: _Listing,
+        source: _Source,
+        entries: list[_Entry],
         index: int,
         view: JobView,
+        job_id: str,
         results: list[ResultFile] | None,
         phases: Collection[Phase] | None,
     ) -> None:
-        """Decide one Job's phase; list it when wanted, keep its archive up when needed."""
-        job_id = view.job_id or ""
-        pods = listing.source.pods(job_id)
+        """Decide one Job's phase: an entry when wanted, archive upkeep when needed."""
+        pods = source.pods(job_id)
         try:
             status = job_status(view, pods, manifest_exists=results is not None)
             wanted = phases is None or status.phase in phases
             if self._upkeep_needed(view, status, results):
                 self._upkeep(view, record_from_view(view, pods, status, results))
             if wanted:
-                listing.entries.append(
-                    _Entry(creation_time_of(view), job_id, index, status, results)
-                )
+                entries.append(_Entry(creation_time_of(view), job_id, index, status, results))
         except (KeyError, ValueError) as error:
             log.error("skipping Job %s with unreadable metadata: %s", job_id, error)
 
-    def _records(self, listing: _Listing, owner: str | None = None) -> Iterator[JobRecord]:
-        """The records of the listed entries, in their order, each built when asked for."""
-        source = listing.source
-        for entry in listing.entries:
+    def _records(
+        self, source: _Source, entries: list[_Entry], owner: str | None
+    ) -> Iterator[JobRecord]:
+        """The records of ``entries``, in their order, each built when asked for."""
+        for entry in entries:
             view = JobView(source.job(source.jobs[entry.index]))
             try:
                 record = record_from_view(
@@ -298,13 +291,12 @@ class JobListing:
         from the store's history index, one listing page at a time, their archived records
         read in parallel. Ordered as ``objectstore.history.sort_key`` orders them.
         """
-        listing, live_ids = self._live_listing(owner, phases)
-        entries = listing.entries
+        source, entries, live_ids = self._live_listing(owner, phases)
         if after:
             before = place_of(after)
             entries = [entry for entry in entries if entry.place < before]
         entries.sort(key=lambda entry: entry.place, reverse=True)
-        live = self._records(_Listing(listing.source, entries), owner)
+        live = self._records(source, entries, owner)
         archived = self._archived_newest(owner, after, page_size, live_ids)
         yield from heapq.merge(live, archived, key=_place, reverse=True)
 
