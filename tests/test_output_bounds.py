@@ -98,14 +98,20 @@ def test_a_sparse_file_past_the_byte_limit_is_never_copied(tmp_path: Path) -> No
     assert not [path for path in walk_files(objects) if path.name == "sparse.bin"]
 
 
-def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) -> None:
-    _service, client = limited(tmp_path)
-    job_id = submit(
-        client,
-        command=f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do : > "r-$i.txt"; done',
-    )
+def _job_of_many_results(
+    tmp_path: Path, write: str
+) -> tuple[JobService, FlaskClient, str, dict[str, Any]]:
+    """A completed job that ran ``write`` (to ``r-$i.txt``) for each of ``MANY`` files."""
+    service, client = limited(tmp_path)
+    command = f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do {write} "r-$i.txt"; done'
+    job_id = submit(client, command=command)
     job = finish(client, job_id, timeout=120)
     assert job["phase"] == "completed", job["errorSummary"]
+    return service, client, job_id, job
+
+
+def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) -> None:
+    _service, client, job_id, job = _job_of_many_results(tmp_path, ": >")
     response = client.get(f"/api/v1/job/{job_id}")
     # The object is its bounded list (an id and a uri of about 260 bytes each, here) and a
     # little more, however many results there are.
@@ -169,13 +175,7 @@ def test_the_job_object_stays_small_and_links_to_every_result(tmp_path: Path) ->
 def test_a_job_of_many_results_keeps_a_small_record_and_lists_them_from_its_manifest(
     tmp_path: Path,
 ) -> None:
-    service, client = limited(tmp_path)
-    job_id = submit(
-        client,
-        command=f'cd "$JOB_OUTPUT_DIR" && for i in $(seq -w 1 {MANY}); do echo $i > r-$i.txt; done',
-    )
-    job = finish(client, job_id, timeout=120)
-    assert job["phase"] == "completed", job["errorSummary"]
+    service, client, job_id, job = _job_of_many_results(tmp_path, "echo $i >")
     # The record (in memory and its file) holds the job object's results and a count, not
     # one entry per result: the manifest beside the outputs lists them all.
     record_file = tmp_path / "data" / "state" / "jobs" / f"{job_id}.json"
