@@ -40,7 +40,7 @@ class JobResults:
         try:
             return manifest_entries(data)
         except ManifestError as error:
-            log.error("unreadable manifest for job %s: %s", record.job_id, error)
+            _unreadable(record, error)
             return []
 
     def _listed(self, record: JobRecord, entries: list[Any]) -> list[ResultFile]:
@@ -48,8 +48,13 @@ class JobResults:
         try:
             return ResultFile.listed([ManifestFile.from_json(item) for item in entries])
         except ManifestError as error:
-            log.error("unreadable manifest for job %s: %s", record.job_id, error)
+            _unreadable(record, error)
             return []
+
+    def _one(self, record: JobRecord, entry: Any) -> ResultFile | None:
+        """The result of one manifest entry; None when it is malformed (logged)."""
+        found = self._listed(record, [entry])
+        return found[0] if found else None
 
     def every(self, record: JobRecord) -> list[ResultFile]:
         """Every result of the job: known once its outputs are uploaded (manifest written)."""
@@ -85,8 +90,7 @@ class JobResults:
         entries = self._entries(record)
         for item in entries or []:
             if isinstance(item, dict) and item.get("key") == key:
-                found = self._listed(record, [item])
-                return found[0] if found else None
+                return self._one(record, item)
         return None
 
     def by_index(self, record: JobRecord, index: int) -> ResultFile | None:
@@ -97,5 +101,8 @@ class JobResults:
         entries = self._entries(record)
         if entries is None or not 0 <= index < len(entries):
             return None
-        found = self._listed(record, [entries[index]])
-        return found[0] if found else None
+        return self._one(record, entries[index])
+
+
+def _unreadable(record: JobRecord, error: ManifestError) -> None:
+    log.error("unreadable manifest for job %s: %s", record.job_id, error)
