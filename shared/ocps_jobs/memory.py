@@ -10,8 +10,6 @@ from the arenas and leave holes there. Both calls do nothing on another C librar
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 from typing import Any
 
@@ -26,6 +24,11 @@ _M_MMAP_THRESHOLD = -3
 
 @functools.cache
 def _libc() -> Any:
+    # Imported here, not with the module: ctypes and ctypes.util (which imports subprocess)
+    # cost a function's cold start about 5 ms, and most processes never release memory.
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         libc.malloc_trim, libc.mallopt  # noqa: B018 (both are glibc's)
